@@ -1,0 +1,47 @@
+"""ptsq: post-training static quantization of PyTorch models to int8, measured against fp32.
+
+Importing ptsq is cheap: the heavy modules load on first use of a name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "quantize": "ptsq.api",
+    "load": "ptsq.quantized",
+    "QuantizationWarning": "ptsq.api",
+    "QuantizedModel": "ptsq.quantized",
+    "ArtifactModel": "ptsq.quantized",
+    "QuantConfig": "ptsq.config",
+    "SkipRule": "ptsq.config",
+    "Preprocess": "ptsq.data.preprocess",
+    "preset": "ptsq.data.preprocess",
+    "CalibrationImages": "ptsq.data.images",
+    "load_model": "ptsq.models",
+    "benchmark": "ptsq.bench",
+    "supported_backends": "ptsq.backends",
+}
+_ERRORS = [
+    "PtsqError", "ConfigError", "BackendError", "ModelLoadError", "UnsafeFileError", "WeightsMismatchError",
+    "DataError", "ImageDecodeError", "InputShapeError", "TraceError", "QuantizationError", "ArtifactError",
+    "OutputPathError", "Interrupted",
+]  # fmt: skip
+_EXPORTS.update({name: "ptsq.errors" for name in _ERRORS})
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ptsq' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,1 @@
+"""The ``ptsq`` command line: thin commands over the library."""

@@ -1,0 +1,52 @@
+"""Options shared by several commands, defined once."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ptsq.data.preprocess import Preprocess, parse_floats, parse_size, preset
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout; no progress bars.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but warnings and errors.")]
+WeightsOpt = Annotated[
+    str | None, typer.Option("--weights", "-w", help="state_dict file for MODEL (read with weights_only=True).")
+]
+TrustOpt = Annotated[
+    bool,
+    typer.Option("--trust-pickle", help="Allow unpickling full Python objects. Only for files you trust: runs code."),
+]
+InputSizeOpt = Annotated[str | None, typer.Option("--input-size", help="HxW or one number, e.g. 224 or 240x320.")]
+PresetOpt = Annotated[
+    str | None, typer.Option("--preset", help="imagenet | minus1to1 | unit | effnet-lite | mtcnn | mnist")
+]
+MeanOpt = Annotated[str | None, typer.Option("--mean", help="Per-channel mean after scaling, e.g. 0.485,0.456,0.406")]
+StdOpt = Annotated[str | None, typer.Option("--std", help="Per-channel std after scaling, e.g. 0.229,0.224,0.225")]
+ScaleOpt = Annotated[float | None, typer.Option("--scale", help="Multiply pixels (0..255) by this first, e.g. 1/255.")]
+ChannelsOpt = Annotated[str | None, typer.Option("--channels", help="rgb | bgr | gray")]
+CropOpt = Annotated[float | None, typer.Option("--crop-pct", help="Centre-crop fraction (1 = resize only).")]
+
+
+def resolve_preprocess(
+    default: Preprocess | None,
+    preset_name: str | None,
+    input_size: str | None,
+    mean: str | None,
+    std: str | None,
+    scale: float | None,
+    channels: str | None,
+    crop_pct: float | None,
+) -> Preprocess:
+    """Model default (or imagenet) < --preset < individual options."""
+    pre = preset(preset_name) if preset_name else (default or preset("imagenet"))
+    if preset_name and default is not None and input_size is None:
+        pre = pre.with_overrides(size=default.size) if preset_name == "imagenet" else pre
+    return pre.with_overrides(
+        size=parse_size(input_size) if input_size else None,
+        mean=parse_floats(mean, "mean") if mean else None,
+        std=parse_floats(std, "std") if std else None,
+        scale=scale,
+        channels=channels.lower() if channels else None,
+        crop_pct=crop_pct,
+    )

@@ -1,0 +1,75 @@
+"""ptsq info: print an artifact's manifest."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ptsq.cli import _options as o
+from ptsq.cli._errors import guarded
+from ptsq.cli._output import Output, human_bytes
+
+EXAMPLES = """
+Examples:
+
+  ptsq info resnet18_int8.pt
+
+  ptsq info resnet18_int8.pt --json
+"""
+
+
+def info_cmd(
+    artifact_path: Annotated[str, typer.Argument(metavar="ARTIFACT", help="A file written by 'ptsq quantize'.")],
+    json_out: o.JsonOpt = False,
+    quiet: o.QuietOpt = False,
+) -> None:
+    from ptsq.quantized import load
+
+    out = Output(json_mode=json_out, quiet=quiet)
+    out.result(load(artifact_path).info(), render)
+
+
+def render(console: Console, m: dict[str, Any]) -> None:
+    t = Table(title=f"ptsq artifact {m['path']}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    counts = {"int8": 0, "fp32": 0}
+    for r in m.get("precision", []):
+        counts[r["precision"]] = counts.get(r["precision"], 0) + 1
+    pre = m.get("preprocess") or {}
+    cal = m.get("calibration", {})
+    chk = m.get("check", {})
+    rows = [
+        ("size", human_bytes(m.get("bytes"))),
+        ("made with", f"ptsq {m.get('ptsq_version')}, torch {m.get('torch_version')}"),
+        ("engine / backend", f"{m.get('engine')} / {m.get('backend')} (quantized engine {m.get('quantized_engine')})"),
+        ("mode", str(m.get("mode"))),
+        ("input", ", ".join(f"{s} {d}" for s, d in zip(m["input"]["shapes"], m["input"]["dtypes"]))),
+        ("preprocess", ", ".join(f"{k}={v}" for k, v in pre.items()) if pre else "-"),
+        ("calibration", ", ".join(f"{k}={v}" for k, v in cal.items())),
+        (
+            "self-check",
+            ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in chk.items() if k != "culprits"
+            ),
+        ),
+        ("layers", f"{counts['int8']} int8, {counts['fp32']} fp32"),
+        ("source weights", str(m.get("source_weights_sha256", ""))[:16] + "…"),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)
+    p = Table(title="precision map", title_justify="left")
+    for col in ("layer", "op", "precision", "why fp32"):
+        p.add_column(col)
+    for r in m.get("precision", []):
+        style = "" if r["precision"] == "int8" else "yellow"
+        p.add_row(r["name"], r["op"], r["precision"], r.get("reason", ""), style=style)
+    console.print(p)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("info", help="Show an artifact's manifest and precision map.\n" + EXAMPLES)(guarded(info_cmd))

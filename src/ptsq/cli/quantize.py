@@ -1,0 +1,138 @@
+"""ptsq quantize: model + folder of images -> int8 artifact, checked against fp32."""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ptsq.cli import _options as o
+from ptsq.cli._errors import guarded
+from ptsq.cli._output import Output, human_bytes
+
+EXAMPLES = """
+Examples:
+
+  ptsq quantize torchvision:resnet18 --weights resnet18.pth --calib images/ -o resnet18_int8.pt
+
+  ptsq quantize mypkg.models:build_net --weights net.pth --calib faces/ --preset minus1to1 --input-size 112 -o net.pt
+
+  ptsq quantize torchvision:mobilenet_v2 --calib images/ -o mnv2.pt --skip name:classifier --json
+"""
+
+
+def quantize_cmd(
+    model: Annotated[
+        str, typer.Argument(help="torchvision:NAME, package.module:callable, file.py:callable, or a file")
+    ],
+    calib: Annotated[str, typer.Option("--calib", "-c", help="Folder of calibration images (searched recursively).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Artifact file to write (.pt).")],
+    weights: o.WeightsOpt = None,
+    trust_pickle: o.TrustOpt = False,
+    backend: Annotated[str, typer.Option("--backend", help="auto | x86 | fbgemm | onednn | qnnpack")] = "auto",
+    input_size: o.InputSizeOpt = None,
+    preset_name: o.PresetOpt = None,
+    mean: o.MeanOpt = None,
+    std: o.StdOpt = None,
+    scale: o.ScaleOpt = None,
+    channels: o.ChannelsOpt = None,
+    crop_pct: o.CropOpt = None,
+    num_calib: Annotated[int, typer.Option("--num-calib", help="Images to calibrate on (seeded subset).")] = 300,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")] = 32,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the calibration subset.")] = 0,
+    max_images: Annotated[
+        int, typer.Option("--max-images", help="Refuse folders with more images than this (guard).")
+    ] = 1_000_000,
+    skip: Annotated[
+        list[str] | None,
+        typer.Option("--skip", help="Keep layers in fp32: name:PREFIX, regex:RE or type:CLASS (repeatable)."),
+    ] = None,
+    per_tensor: Annotated[
+        bool, typer.Option("--per-tensor", help="Per-tensor instead of per-channel weights.")
+    ] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail on untraceable submodules instead of fp32.")] = False,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite OUTPUT if it exists.")] = False,
+    json_out: o.JsonOpt = False,
+    quiet: o.QuietOpt = False,
+) -> None:
+    import torch
+
+    from ptsq import artifact
+    from ptsq.api import quantize
+    from ptsq.config import QuantConfig
+    from ptsq.data.images import CalibrationImages
+    from ptsq.errors import ConfigError
+    from ptsq.models import load_model
+
+    out = Output(json_mode=json_out, quiet=quiet)
+    if num_calib < 1 or batch_size < 1:
+        raise ConfigError("--num-calib and --batch-size must be at least 1", "e.g. --num-calib 300 --batch-size 32")
+    config = QuantConfig(backend=backend, skip=tuple(skip or ()), per_channel=not per_tensor, strict=strict, seed=seed)
+    target = artifact.check_output_path(output, force)
+    t0 = time.perf_counter()
+    loaded = load_model(model, weights=weights, trust_pickle=trust_pickle)
+    pre = o.resolve_preprocess(loaded.preprocess, preset_name, input_size, mean, std, scale, channels, crop_pct)
+    images = CalibrationImages(calib, pre, num=num_calib, batch_size=batch_size, seed=seed, max_images=max_images)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        qm = quantize(loaded.model, images, config=config, progress=out.progress, preprocess=pre)
+    skipped = images.skipped_warning()
+    if skipped:
+        out.warn(skipped)
+    for w in caught:
+        if w.category.__name__ == "QuantizationWarning":
+            out.warn(str(w.message))
+    qm.manifest["calibration"].update(images.summary())
+    qm.manifest["model"] = {"spec": model, "weights_sha256": loaded.weights_sha256}
+    qm.save(target, force=force)
+    buf = io.BytesIO()
+    torch.save(loaded.model.state_dict(), buf)
+    data: dict[str, Any] = {
+        "output": str(target),
+        **qm.summary(),
+        "fp32_bytes": buf.tell(),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    data["size_ratio"] = round(data["fp32_bytes"] / max(1, data["int8_bytes"]), 2)
+    out.result(data, render)
+
+
+def render(console: Console, d: dict[str, Any]) -> None:
+    c = d["check"]
+    t = Table(title=f"ptsq quantize → {d['output']}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("engine / backend", f"{d['engine']} / {d['backend']}")
+    t.add_row("layers", f"{d['layers']['int8']} int8, {d['layers']['fp32']} fp32")
+    t.add_row("size", f"fp32 {human_bytes(d['fp32_bytes'])} → int8 {human_bytes(d['int8_bytes'])} ({d['size_ratio']}x)")
+    cal = d["calibration"]
+    skipped = f", {cal.get('skipped', 0)} skipped" if cal.get("skipped") else ""
+    t.add_row("calibration", f"{cal.get('samples')} images from {cal.get('source', '?')}{skipped}")
+    check = f"SQNR {c['sqnr_db']:.1f} dB, cosine {c['cosine']:.4f}"
+    if c.get("top1_agreement") is not None:
+        check += f", top-1 agreement {c['top1_agreement']:.3f}"
+    check += f" on {c['samples']} held-back samples" if c.get("held_out") else f" on {c['samples']} samples"
+    t.add_row("int8 vs fp32", ("" if c.get("passed") else "[red]POOR[/red] ") + check)
+    t.add_row("time", f"{d['seconds']} s")
+    console.print(t)
+    if d["fp32_layers"]:
+        f = Table(title="kept in fp32", title_justify="left")
+        f.add_column("layer")
+        f.add_column("op")
+        f.add_column("why")
+        for r in d["fp32_layers"]:
+            f.add_row(r["name"], r["op"], r.get("reason", ""))
+        console.print(f)
+    for note in d.get("notes", []):
+        console.print(f"note: {note}", soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("quantize", help="Quantize a model to int8 (FX graph mode, static).\n" + EXAMPLES)(
+        guarded(quantize_cmd)
+    )

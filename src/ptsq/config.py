@@ -1,0 +1,108 @@
+"""QuantConfig: every choice the quantize pipeline makes, as one validated, serialisable object."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ptsq.errors import ConfigError
+
+CONFIG_VERSION = 1
+ENGINES = ("fx",)
+
+
+@dataclass(frozen=True)
+class SkipRule:
+    """Keep matching layers in fp32. ``kind`` is one of name (exact or prefix), regex, type."""
+
+    kind: str
+    pattern: str
+
+    KINDS = ("name", "regex", "type")
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ConfigError(f"skip rule kind {self.kind!r} is unknown", f"use one of: {', '.join(self.KINDS)}")
+        if not self.pattern:
+            raise ConfigError("skip rule has an empty pattern", "write e.g. --skip name:features.0")
+        if self.kind == "regex":
+            try:
+                re.compile(self.pattern)
+            except re.error as e:
+                raise ConfigError(
+                    f"skip rule regex {self.pattern!r} is invalid: {e}", "fix the regular expression"
+                ) from None
+
+    @classmethod
+    def parse(cls, text: str) -> SkipRule:
+        """``name:features.3``, ``regex:.*classifier.*``, ``type:PReLU``; a bare value is a name."""
+        kind, sep, pattern = text.partition(":")
+        if not sep:
+            return cls("name", text.strip())
+        return cls(kind.strip().lower(), pattern.strip())
+
+    def matches(self, qualified_name: str, type_name: str) -> bool:
+        if self.kind == "name":
+            return qualified_name == self.pattern or qualified_name.startswith(self.pattern + ".")
+        if self.kind == "regex":
+            return re.fullmatch(self.pattern, qualified_name) is not None
+        return type_name == self.pattern or type_name.split(".")[-1] == self.pattern
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.pattern}"
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How to quantize. Defaults are the ones ptsq recommends; every field is validated."""
+
+    engine: str = "fx"
+    backend: str = "auto"
+    per_channel: bool = True
+    skip: tuple[SkipRule, ...] = ()
+    strict: bool = False  # fail on untraceable parts instead of keeping them in fp32
+    probe_kernels: bool = True  # measure suspect int8 kernels and keep broken ones in fp32
+    check_batches: int = 2  # calibration batches held back for the post-convert self-check
+    warn_sqnr_db: float = 15.0
+    warn_agreement: float = 0.9
+    freeze: bool = True
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine {self.engine!r} is unknown", f"choose one of: {', '.join(ENGINES)}")
+        if not isinstance(self.check_batches, int) or not (0 <= self.check_batches <= 100):
+            raise ConfigError(f"check_batches {self.check_batches!r} must be an integer in [0, 100]", "use e.g. 2")
+        rules = tuple(r if isinstance(r, SkipRule) else SkipRule.parse(str(r)) for r in self.skip)
+        object.__setattr__(self, "skip", rules)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["skip"] = [str(r) for r in self.skip]
+        return {"type": "QuantConfig", "version": CONFIG_VERSION, **d}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QuantConfig:
+        d = dict(d)
+        kind = d.pop("type", "QuantConfig")
+        version = d.pop("version", CONFIG_VERSION)
+        if kind != "QuantConfig":
+            raise ConfigError(f"config type {kind!r} is not a QuantConfig", "write a QuantConfig dictionary")
+        if not isinstance(version, int) or version > CONFIG_VERSION:
+            raise ConfigError(
+                f"config version {version!r} is newer than this ptsq understands ({CONFIG_VERSION})",
+                "upgrade ptsq (pip install -U ptsq)",
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys: {unknown}", f"known keys: {sorted(known)}")
+        if "skip" in d:
+            d["skip"] = tuple(SkipRule.parse(str(s)) for s in d["skip"])
+        return cls(**d)

@@ -1,0 +1,40 @@
+"""Quantization engines, found by name through a small registry.
+
+An engine module registers itself with :func:`register`; adding an engine never edits the
+orchestration code (``ptsq.api``) or the CLI.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ptsq.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ptsq.engines.base import Engine
+
+# engine name -> module that registers it (imported lazily: engines pull in heavy dependencies)
+_BUILTIN = {"fx": "ptsq.engines.fx"}
+_REGISTRY: dict[str, Engine] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        _REGISTRY[name] = cls()
+        return cls
+
+    return deco
+
+
+def get_engine(name: str) -> Engine:
+    if name not in _REGISTRY and name in _BUILTIN:
+        importlib.import_module(_BUILTIN[name])
+    if name not in _REGISTRY:
+        raise ConfigError(f"engine {name!r} is unknown", f"choose one of: {', '.join(available_engines())}")
+    return _REGISTRY[name]
+
+
+def available_engines() -> list[str]:
+    return sorted(set(_BUILTIN) | set(_REGISTRY))

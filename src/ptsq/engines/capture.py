@@ -1,0 +1,70 @@
+"""Find what stops FX symbolic tracing, so the rest of the model can still be quantized.
+
+Tracing is tried on the whole model; when it fails, the traceback is searched for the innermost
+submodule whose ``forward`` was running. That submodule is kept in fp32 as an opaque leaf and
+tracing is retried, until it succeeds or the failure is in the top-level ``forward`` itself.
+"""
+
+from __future__ import annotations
+
+import linecache
+import os
+import traceback
+from dataclasses import dataclass
+from types import TracebackType
+
+import torch
+from torch import fx, nn
+
+from ptsq.engines.keep_float import KeepFloat
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+
+
+@dataclass
+class TraceFailure:
+    module: str  # qualified name of the innermost submodule running when tracing failed; "" = root
+    error: str  # first line of the tracer's error
+    location: str  # "file:line: code" of the innermost user code involved, if found
+
+    def describe(self) -> str:
+        where = f" at {self.location}" if self.location else ""
+        return f"{self.error}{where}"
+
+
+class LeafTracer(fx.Tracer):
+    """The leaf rule of torch.ao's QuantizationTracer, plus ptsq's KeepFloat wrappers."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, KeepFloat) or super().is_leaf_module(m, module_qualified_name)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    msg = text[0] if text else ""
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def locate(exc: BaseException, model: nn.Module) -> TraceFailure:
+    names = {id(m): n for n, m in model.named_modules()}
+    module = ""
+    location = ""
+    tb: TracebackType | None = exc.__traceback__
+    for frame, lineno in traceback.walk_tb(tb):
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names and frame.f_code.co_name == "forward":
+            module = names[id(owner)]
+        fname = frame.f_code.co_filename
+        if not fname.startswith(_TORCH_DIR) and "ptsq" + os.sep + "engines" not in fname:
+            code = linecache.getline(fname, lineno).strip()
+            location = f"{fname}:{lineno}: {code}"
+    return TraceFailure(module=module, error=first_line(exc), location=location)
+
+
+def try_trace(model: nn.Module) -> TraceFailure | None:
+    """Trace ``model`` with the quantization leaf rules; None on success."""
+    try:
+        LeafTracer().trace(model)
+    except Exception as exc:  # any tracer failure is data for the caller
+        return locate(exc, model)
+    return None

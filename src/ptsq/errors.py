@@ -1,0 +1,95 @@
+"""Typed errors for every situation a user can cause and fix.
+
+Each error carries a one-line message naming the problem and a hint naming the fix;
+the CLI prints ``error: <message>`` and ``hint: <hint>`` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+
+class PtsqError(Exception):
+    """Base class: a problem the user can fix. ``hint`` says how."""
+
+    default_hint: str = ""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(PtsqError, ValueError):
+    """A configuration or option value is invalid."""
+
+
+class BackendError(PtsqError):
+    """The requested quantized backend is unknown or unsupported by this PyTorch build."""
+
+
+class ModelLoadError(PtsqError):
+    """The model spec, its weights or its checkpoint cannot be loaded."""
+
+
+class UnsafeFileError(ModelLoadError):
+    """Loading the file would execute pickled code and the user has not opted in."""
+
+    default_hint = "only if you trust the file's origin, pass --trust-pickle (trust_pickle=True)"
+
+
+class WeightsMismatchError(ModelLoadError):
+    """A weights file does not match the model architecture."""
+
+
+class DataError(PtsqError):
+    """Calibration or evaluation data is missing, empty, unreadable or malformed."""
+
+
+class ImageDecodeError(DataError):
+    """One image file cannot be decoded."""
+
+
+class InputShapeError(PtsqError):
+    """The model rejects inputs of the given shape."""
+
+
+class TraceError(PtsqError):
+    """The model cannot be captured as a graph."""
+
+
+class QuantizationError(PtsqError):
+    """Quantization itself failed (prepare, calibrate or convert)."""
+
+
+class ArtifactError(PtsqError):
+    """An artifact is missing, truncated, tampered with, or from an incompatible version."""
+
+
+class OutputPathError(PtsqError):
+    """The output path cannot be written (missing folder, exists without --force, read-only, full)."""
+
+
+class Interrupted(PtsqError):
+    """The user interrupted a long operation; nothing was written."""
+
+    default_hint = "run the command again; no partial output was left behind"
+
+
+__all__ = [
+    "ArtifactError",
+    "BackendError",
+    "ConfigError",
+    "DataError",
+    "ImageDecodeError",
+    "InputShapeError",
+    "Interrupted",
+    "ModelLoadError",
+    "OutputPathError",
+    "PtsqError",
+    "QuantizationError",
+    "TraceError",
+    "UnsafeFileError",
+    "WeightsMismatchError",
+]

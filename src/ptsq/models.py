@@ -1,0 +1,241 @@
+"""Load the user's fp32 model from a spec string, safely.
+
+Specs: ``torchvision:NAME`` (architecture; weights from ``weights``), ``package.module:callable``
+or ``path/to/file.py:callable`` (a class or factory; ``weights`` is its state_dict), or a file
+holding a whole pickled model (only with ``trust_pickle``). Files are read with
+``torch.load(weights_only=True)`` unless the user opts in.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import pickle
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ptsq.data.preprocess import Preprocess, preset
+from ptsq.errors import ModelLoadError, UnsafeFileError, WeightsMismatchError
+
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", "params", "ema")
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    spec: str
+    weights: str | None = None
+    weights_sha256: str | None = None
+    preprocess: Preprocess | None = None  # known default preprocessing, if any
+    notes: list[str] = field(default_factory=list)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names)
+
+
+def _safe_load(path: Path, trust_pickle: bool, what: str) -> Any:
+    if not path.exists():
+        raise ModelLoadError(f"{what} file '{path}' does not exist", "check the path")
+    if path.is_dir():
+        raise ModelLoadError(f"{what} '{path}' is a folder, not a file", "give the .pt/.pth file")
+    if is_torchscript(path):
+        raise ModelLoadError(
+            f"'{path}' is a TorchScript file, which cannot be re-captured for quantization",
+            "pass the original Python model (e.g. torchvision:resnet18 --weights w.pth or pkg.module:factory)",
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            detail = str(exc).strip().splitlines()
+            found = next((ln.strip() for ln in detail if "GLOBAL" in ln or "Unsupported" in ln), "")
+            raise UnsafeFileError(
+                f"'{path}' contains pickled Python objects that could run code when loaded"
+                + (f" ({found[:120]})" if found else ""),
+            ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"cannot read {what} file '{path}': {first[:200]}", "check that the file is complete"
+        ) from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # the user opted in; still report failures as one line
+        raise ModelLoadError(
+            f"cannot unpickle '{path}': {exc}".splitlines()[0], "check the file and its code"
+        ) from None
+
+
+def extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Find the state_dict inside a checkpoint (the usual keys), stripping DataParallel prefixes."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in STATE_DICT_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, nn.Module):
+                inner = inner.state_dict()
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelLoadError(
+            f"'{path}' holds no state_dict (looked at the top level and keys {', '.join(STATE_DICT_KEYS)})",
+            "save weights with torch.save(model.state_dict(), path)",
+        )
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return obj
+
+
+def apply_weights(model: nn.Module, path: Path, trust_pickle: bool = False) -> str:
+    """Load a state_dict file into ``model`` strictly; returns the file's sha256."""
+    sd = extract_state_dict(_safe_load(path, trust_pickle, "weights"), path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing ({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''})")
+        if unexpected:
+            parts.append(
+                f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}{', …' if len(unexpected) > 3 else ''})"
+            )
+        if shapes:
+            k = shapes[0]
+            parts.append(
+                f"{len(shapes)} of other shape (e.g. {k}: file {tuple(sd[k].shape)}, model {tuple(own[k].shape)})"
+            )
+        raise WeightsMismatchError(
+            f"weights '{path}' do not match the model: " + "; ".join(parts),
+            "check that the weights belong to this architecture (and its num_classes)",
+        )
+    model.load_state_dict(sd, strict=True)
+    return file_sha256(path)
+
+
+def _torchvision(name: str) -> tuple[nn.Module, Preprocess | None]:
+    try:
+        import torchvision.models as tvm
+    except ImportError:
+        raise ModelLoadError("torchvision is not installed", "pip install torchvision") from None
+    names = tvm.list_models()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        raise ModelLoadError(
+            f"unknown torchvision model {name!r}",
+            f"did you mean: {', '.join(close)}?" if close else "see torchvision.models.list_models()",
+        )
+    model = tvm.get_model(name, weights=None)
+    pre = None
+    try:  # the weights' metadata holds the input size without downloading anything
+        t = tvm.get_model_weights(name).DEFAULT.transforms()
+        crop = int(t.crop_size[0])
+        resize = int(t.resize_size[0])
+        pre = preset("imagenet", size=(crop, crop), crop_pct=round(crop / resize, 4))
+    except Exception:  # models without weights metadata keep the caller's default
+        pre = None
+    return model, pre
+
+
+def _import_callable(spec: str) -> Any:
+    mod_name, _, attr = spec.rpartition(":")
+    try:
+        if mod_name.endswith(".py") or "/" in mod_name:
+            path = Path(mod_name)
+            if not path.exists():
+                raise ModelLoadError(f"python file '{path}' does not exist", "check the MODEL path")
+            mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+            if mod_spec is None or mod_spec.loader is None:
+                raise ModelLoadError(f"cannot import '{path}'", "give a .py file")
+            module = importlib.util.module_from_spec(mod_spec)
+            sys.modules.setdefault(path.stem, module)
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(mod_name)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot import '{mod_name}': {type(exc).__name__}: {exc}".splitlines()[0],
+            "check the module path and that it is importable (PYTHONPATH)",
+        ) from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            choices = [n for n in dir(module) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, choices, n=3)
+            raise ModelLoadError(
+                f"'{mod_name}' has no attribute {attr!r}",
+                f"did you mean: {', '.join(close)}?" if close else "check the name after ':'",
+            )
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_model(spec: str, *, weights: str | None = None, trust_pickle: bool = False) -> LoadedModel:
+    """Build the fp32 model described by ``spec`` in eval mode (see module docstring)."""
+    pre: Preprocess | None = None
+    spec = spec.strip()
+    if spec.startswith("torchvision:"):
+        model, pre = _torchvision(spec.split(":", 1)[1])
+    elif ":" in spec and not Path(spec).exists():
+        obj = _import_callable(spec)
+        if isinstance(obj, nn.Module):
+            model = obj
+        elif callable(obj):
+            try:
+                model = obj()
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"calling '{spec}' failed: {type(exc).__name__}: {exc}".splitlines()[0],
+                    "MODEL must name a class or factory callable with no arguments",
+                ) from None
+        else:
+            raise ModelLoadError(f"'{spec}' is not a class, factory or module", "name an nn.Module class or factory")
+        if not isinstance(model, nn.Module):
+            raise ModelLoadError(f"'{spec}' returned a {type(model).__name__}, not a torch.nn.Module", "fix MODEL")
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise ModelLoadError(
+                f"model {spec!r} is neither an existing file nor a 'torchvision:NAME' / 'module:callable' spec",
+                "use e.g. torchvision:resnet18, mypkg.models:build, or a checkpoint file with --trust-pickle",
+            )
+        obj = _safe_load(path, trust_pickle, "model")
+        if isinstance(obj, nn.Module):
+            model = obj
+        else:
+            raise ModelLoadError(
+                f"'{path}' holds weights only (a state_dict), not a model",
+                "give the architecture as MODEL (e.g. torchvision:resnet18) and this file as --weights",
+            )
+    sha = None
+    if weights:
+        sha = apply_weights(model, Path(weights), trust_pickle)
+    model.eval()
+    return LoadedModel(model=model, spec=spec, weights=weights, weights_sha256=sha, preprocess=pre)

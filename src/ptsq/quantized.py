@@ -1,0 +1,141 @@
+"""QuantizedModel (fresh from ``quantize``) and ArtifactModel (from ``load``)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ptsq import artifact
+from ptsq.backends import activate
+from ptsq.engines import available_engines, get_engine
+from ptsq.engines.base import EngineResult
+from ptsq.errors import ArtifactError
+
+
+def precision_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    c = Counter(r["precision"] for r in rows)
+    return {"int8": c.get("int8", 0), "fp32": c.get("fp32", 0)}
+
+
+class QuantizedModel:
+    """The int8 model in memory, its manifest, and how to save it.
+
+    Call it like the original model. ``precision`` maps each layer to int8 or fp32 (with the
+    reason for fp32); ``summary()`` is what the CLI prints.
+    """
+
+    def __init__(self, result: EngineResult, manifest: dict[str, Any], example_args: tuple[Any, ...]) -> None:
+        self.result = result
+        self.module = result.module
+        self.manifest = manifest
+        self.example_args = example_args
+        self.path: Path | None = None
+        self.stats: dict[str, Any] = {}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with torch.inference_mode():
+            return self.module(*args, **kwargs)
+
+    @property
+    def precision(self) -> dict[str, dict[str, str]]:
+        return {r["name"]: {k: v for k, v in r.items() if k != "name"} for r in self.manifest["precision"]}
+
+    @property
+    def fidelity(self) -> dict[str, Any]:
+        return self.manifest["check"]
+
+    def save(self, path: str | os.PathLike[str], *, force: bool = False) -> Path:
+        """Write the artifact atomically; refuses to overwrite unless ``force``."""
+        out = Path(path)
+        engine = get_engine(self.manifest["engine"])
+        text = artifact.seal(self.manifest)
+        artifact.write(out, lambda tmp: engine.save(self.result, tmp, text, self.example_args), force=force)
+        self.path = out
+        self.stats["int8_bytes"] = out.stat().st_size
+        return out
+
+    def serialized_size(self) -> int:
+        """Bytes the artifact takes (written to memory if not saved yet)."""
+        if self.path is not None and self.path.exists():
+            return self.path.stat().st_size
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / "artifact"
+            get_engine(self.manifest["engine"]).save(self.result, p, artifact.seal(self.manifest), self.example_args)
+            return p.stat().st_size
+
+    def summary(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "engine": m["engine"],
+            "backend": m["backend"],
+            "layers": precision_counts(m["precision"]),
+            "fp32_layers": [r for r in m["precision"] if r["precision"] == "fp32"],
+            "calibration": m["calibration"],
+            "check": m["check"],
+            "notes": m.get("notes", []),
+            **self.stats,
+        }
+
+
+class ArtifactModel(nn.Module):
+    """A loaded ptsq artifact: a runnable module plus its manifest. Needs no model code."""
+
+    def __init__(self, module: Any, manifest: dict[str, Any], path: Path) -> None:
+        super().__init__()
+        self.module = module
+        self.manifest = manifest
+        self.path = path
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    @property
+    def input_shapes(self) -> list[list[int]]:
+        return self.manifest.get("input", {}).get("shapes", [])
+
+    def info(self) -> dict[str, Any]:
+        return {"path": str(self.path), "bytes": self.path.stat().st_size, **self.manifest}
+
+
+def load(path: str | os.PathLike[str]) -> ArtifactModel:
+    """Load a ptsq artifact; verifies its manifest and sets the quantized engine it was built for."""
+    p = artifact.check_readable(path)
+    for name in available_engines():
+        engine = get_engine(name)
+        if engine.can_load(p):
+            break
+    else:
+        raise ArtifactError(
+            f"'{p}' is not a ptsq artifact (truncated, or not a file ptsq wrote)",
+            "re-create it with 'ptsq quantize'",
+        )
+    try:
+        module, text = engine.load(p)
+    except ArtifactError:
+        raise
+    except Exception as exc:
+        raise ArtifactError(
+            f"'{p}' cannot be loaded: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}",
+            "the file may be truncated or corrupt; re-create it with 'ptsq quantize'",
+        ) from None
+    manifest = artifact.unseal(text, p)
+    backend = manifest.get("backend")
+    if backend:
+        activate(backend)
+    if isinstance(module, nn.Module):
+        module.eval()
+    return ArtifactModel(module, manifest, p)
+
+
+def manifest_of(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and verify only the manifest (no model deserialisation beyond what the format needs)."""
+    return load(path).manifest
+
+
+__all__ = ["ArtifactModel", "QuantizedModel", "load", "manifest_of"]

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+if str(ROOT) not in sys.path:  # tests.models and examples.* import from the repo root
+    sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(2)
+
+
+def write_photos(folder: Path, n: int, size: tuple[int, int] = (96, 80), seed: int = 0, ext: str = "jpg") -> list[Path]:
+    """Real image files: smooth colour fields with edges and noise, varied per file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    for i in range(n):
+        base = np.stack(
+            [
+                128 + 100 * np.sin(xx / (5 + i % 7) + rng.uniform(0, 6)),
+                128 + 100 * np.cos(yy / (4 + i % 5) + rng.uniform(0, 6)),
+                (xx + yy) * 255.0 / (h + w),
+            ],
+            axis=-1,
+        )
+        img = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        p = folder / f"img_{i:03d}.{ext}"
+        Image.fromarray(img).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("photos")
+    write_photos(d, 24)
+    return d
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT

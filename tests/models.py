@@ -1,0 +1,167 @@
+"""Tiny real models for tests: each exercises one thing the quantizer must get right."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FaceNet(nn.Module):
+    """A face-style net: conv/BN/PReLU, a residual add, linear + PReLU (the classic write-up's case)."""
+
+    def __init__(self, num_classes: int = 2) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.act1 = nn.PReLU(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.act2 = nn.PReLU(16)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Linear(16, 32)
+        self.act3 = nn.PReLU()
+        self.fc2 = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act1(self.bn1(self.conv1(x)))
+        y = y + self.act2(self.bn2(self.conv2(y)))
+        y = self.pool(y).flatten(1)
+        return self.fc2(self.act3(self.fc1(y)))
+
+
+class Square(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[no-untyped-def]
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[no-untyped-def]
+        (x,) = ctx.saved_tensors
+        return 2 * x * g
+
+
+def soft_clip(x: torch.Tensor) -> torch.Tensor:
+    """A plain Python function called from forward."""
+    return torch.tanh(x / 3.0) * 3.0
+
+
+class SquareBlock(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return Square.apply(x) * 0.1 + x
+
+
+class MixedNet(nn.Module):
+    """Conv, PReLU, GELU, LayerNorm, SiLU, a custom autograd function and a plain Python function."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.act1 = nn.PReLU(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.gelu = nn.GELU()
+        self.square = SquareBlock()
+        self.norm = nn.LayerNorm(16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act1(self.conv1(x))
+        y = self.gelu(self.conv2(y)) + y
+        y = soft_clip(self.square(y))
+        y = F.silu(y).mean((2, 3))
+        return self.fc(self.norm(y))
+
+
+class DataDependent(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.mean() > 0:  # control flow on a tensor value: FX cannot trace this
+            return x * 0.5
+        return x
+
+
+class NumpyCall(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = float(np.sqrt(x.shape[1]))  # shape is a Proxy under FX: numpy cannot take it
+        return x / scale
+
+
+class PartlyUntraceable(nn.Module):
+    """Quantizable convs around one untraceable block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.gate = DataDependent()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.conv1(x))
+        y = self.conv2(self.gate(y))
+        return self.fc(y.mean((2, 3)))
+
+
+class RootUntraceable(nn.Module):
+    """The untraceable line is in the top-level forward: nothing to fall back to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if y.sum() > 0:
+            y = y * 2
+        return y
+
+
+class SmallNet(nn.Module):
+    """A small classifier for fast CLI tests (32x32 RGB, 10 classes)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        )  # fmt: skip
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give BatchNorm layers non-trivial statistics, as a trained model has."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            if isinstance(m, nn.PReLU):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.3)
+    return model.eval()
+
+
+def settle_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
+    """Re-estimate BatchNorm statistics on data, so a randomly initialised net has sane activations.
+
+    Random torchvision initialisations can shrink activations to ~1e-9 (mobilenet_v2), which makes
+    any fidelity figure meaningless; a trained net's BN statistics match its data, as here.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches given
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    return model.eval()
