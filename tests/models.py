@@ -165,3 +165,15 @@ def settle_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
         for x in batches:
             model(x)
     return model.eval()
+
+
+class FixedSizeNet(nn.Module):
+    """Accepts only 16x16 inputs (a Linear after flatten), to test input-size errors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 16 * 16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))

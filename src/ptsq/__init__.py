@@ -32,7 +32,7 @@ _ERRORS = [
 ]  # fmt: skip
 _EXPORTS.update({name: "ptsq.errors" for name in _ERRORS})
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [*sorted(_EXPORTS), "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,7 @@ from ptsq.calibration import CalibrationStream, first_sample
 from ptsq.config import QuantConfig
 from ptsq.data.preprocess import Preprocess
 from ptsq.engines import get_engine
-from ptsq.errors import ConfigError, InputShapeError
+from ptsq.errors import ConfigError, InputShapeError, first_line
 from ptsq.fidelity import compare
 from ptsq.progress import task
 from ptsq.quantized import QuantizedModel, load
@@ -40,10 +40,10 @@ def _check_model_accepts(model: nn.Module, args: tuple[Any, ...]) -> None:
         with torch.inference_mode():
             model(*args)
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        msg = first_line(exc)
         raise InputShapeError(
             f"the model rejects inputs of shape {_describe_args(args)}: {msg}",
-            "give inputs the model accepts (e.g. --input-size 224, or the right channel count with --preset/--channels)",
+            "give inputs the model accepts (--input-size, or the channel count via --preset/--channels)",
         ) from None
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ptsq.errors import ConfigError, InputShapeError
+from ptsq.errors import ConfigError, InputShapeError, first_line
 from ptsq.fidelity import flatten_outputs
 from ptsq.progress import task
 
@@ -106,7 +106,7 @@ def check_same_outputs(cands: Sequence[Candidate], args: tuple[Any, ...]) -> Non
             with torch.inference_mode():
                 out = c.fn(*args)
         except Exception as exc:
-            msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            msg = first_line(exc)
             raise InputShapeError(
                 f"'{c.label}' rejects inputs of shape {[tuple(a.shape) for a in args]}: {msg}",
                 "pass --input-size matching the models",

@@ -93,3 +93,9 @@ __all__ = [
     "UnsafeFileError",
     "WeightsMismatchError",
 ]
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (or its type name), cut to ``limit`` characters."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

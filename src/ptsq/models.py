@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ptsq.data.preprocess import Preprocess, preset
-from ptsq.errors import ModelLoadError, UnsafeFileError, WeightsMismatchError
+from ptsq.errors import ModelLoadError, UnsafeFileError, WeightsMismatchError, first_line
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", "params", "ema")
 
@@ -76,9 +76,8 @@ def _safe_load(path: Path, trust_pickle: bool, what: str) -> Any:
                 + (f" ({found[:120]})" if found else ""),
             ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
-            f"cannot read {what} file '{path}': {first[:200]}", "check that the file is complete"
+            f"cannot read {what} file '{path}': {first_line(exc)}", "check that the file is complete"
         ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)

@@ -15,7 +15,7 @@ from ptsq import artifact
 from ptsq.backends import activate
 from ptsq.engines import available_engines, get_engine
 from ptsq.engines.base import EngineResult
-from ptsq.errors import ArtifactError
+from ptsq.errors import ArtifactError, first_line
 
 
 def precision_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -121,7 +121,7 @@ def load(path: str | os.PathLike[str]) -> ArtifactModel:
         raise
     except Exception as exc:
         raise ArtifactError(
-            f"'{p}' cannot be loaded: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}",
+            f"'{p}' cannot be loaded: {first_line(exc)}",
             "the file may be truncated or corrupt; re-create it with 'ptsq quantize'",
         ) from None
     manifest = artifact.unseal(text, p)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from ptsq.errors import Interrupted, PtsqError
+from ptsq.errors import Interrupted, PtsqError, first_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,9 +56,10 @@ def guarded(fn: F) -> F:
         except Exception as exc:
             if _debug():
                 traceback.print_exc()
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
             raise _fail(
-                f"unexpected {type(exc).__name__}: {first}", "set PTSQ_DEBUG=1 to see the traceback, and report it", 1
+                f"unexpected {type(exc).__name__}: {first_line(exc, 300)}",
+                "set PTSQ_DEBUG=1 to see the traceback, and report it",
+                1,
             ) from None
         finally:
             signal.signal(signal.SIGTERM, old)

@@ -17,6 +17,7 @@ import torch
 from torch import fx, nn
 
 from ptsq.engines.keep_float import KeepFloat
+from ptsq.errors import first_line
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
@@ -39,12 +40,6 @@ class LeafTracer(fx.Tracer):
         return isinstance(m, KeepFloat) or super().is_leaf_module(m, module_qualified_name)
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    msg = text[0] if text else ""
-    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
-
-
 def locate(exc: BaseException, model: nn.Module) -> TraceFailure:
     names = {id(m): n for n, m in model.named_modules()}
     module = ""
@@ -58,7 +53,7 @@ def locate(exc: BaseException, model: nn.Module) -> TraceFailure:
         if not fname.startswith(_TORCH_DIR) and "ptsq" + os.sep + "engines" not in fname:
             code = linecache.getline(fname, lineno).strip()
             location = f"{fname}:{lineno}: {code}"
-    return TraceFailure(module=module, error=first_line(exc), location=location)
+    return TraceFailure(module=module, error=f"{type(exc).__name__}: {first_line(exc)}", location=location)
 
 
 def try_trace(model: nn.Module) -> TraceFailure | None:

@@ -42,6 +42,7 @@ def _quiet() -> warnings.catch_warnings:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # quantized scalars traced as constants
     return ctx
 
 
