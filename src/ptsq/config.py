@@ -68,6 +68,8 @@ class QuantConfig:
     warn_sqnr_db: float = 15.0
     warn_agreement: float = 0.9
     freeze: bool = True
+    speed_guard: float = 1.5  # keep a layer fp32 if its int8 kernel is this many times slower here; 0 = off
+    cleanup: tuple[str, ...] = ("conv-modules", "fold-pad", "fold-bn", "clamp-ranges")  # see engines/fx_cleanup.py
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -76,6 +78,11 @@ class QuantConfig:
             raise ConfigError(f"engine {self.engine!r} is unknown", f"choose one of: {', '.join(ENGINES)}")
         if not isinstance(self.check_batches, int) or not (0 <= self.check_batches <= 100):
             raise ConfigError(f"check_batches {self.check_batches!r} must be an integer in [0, 100]", "use e.g. 2")
+        steps = ("conv-modules", "fold-pad", "fold-bn", "clamp-ranges")
+        unknown = [c for c in self.cleanup if c not in steps]
+        if unknown:
+            raise ConfigError(f"unknown clean-up step(s) {unknown}", f"choose from: {', '.join(steps)}")
+        object.__setattr__(self, "cleanup", tuple(self.cleanup))
         rules = tuple(r if isinstance(r, SkipRule) else SkipRule.parse(str(r)) for r in self.skip)
         object.__setattr__(self, "skip", rules)
 

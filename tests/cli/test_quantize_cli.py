@@ -22,7 +22,7 @@ def test_quantize_info_bench_json(photo_dir, small_weights, tmp_path):
     out = tmp_path / "small.pt"
     before = tree_digest(photo_dir)
     res = run_cli("quantize", spec("SmallNet"), "--weights", small_weights, "--calib", photo_dir, "-o", out,
-                  "--input-size", "32", "--num-calib", "16", "--batch-size", "4", "--json")  # fmt: skip
+                  "--input-size", "32", "--num-calib", "16", "--batch-size", "4", "--speed-guard", "0", "--json")  # fmt: skip
     assert res.code == 0, res.stderr
     data = json.loads(res.stdout)
     assert data["layers"]["int8"] >= 4 and data["layers"]["fp32"] == 0
@@ -51,7 +51,7 @@ def test_quantize_info_bench_json(photo_dir, small_weights, tmp_path):
 def test_torchvision_through_cli(arch, photo_dir, tmp_path):
     out = tmp_path / f"{arch}.pt"
     res = run_cli("quantize", f"torchvision:{arch}", "--calib", photo_dir, "-o", out, "--input-size", "64",
-                  "--num-calib", "8", "--batch-size", "4", "--quiet")  # fmt: skip
+                  "--num-calib", "8", "--batch-size", "4", "--speed-guard", "0", "--quiet")  # fmt: skip
     assert res.code == 0, res.stderr
     assert res.stdout == ""
     from ptsq import load
@@ -172,7 +172,7 @@ def test_interrupt_during_calibration_writes_nothing(sig, tmp_path, repo_root):
     time.sleep(12)  # imports and model construction take a few seconds; calibration takes minutes
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 2, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert not out.exists()

@@ -9,12 +9,17 @@ import warnings
 
 import pytest
 import torch
-from tests.models import FaceNet, MixedNet, PartlyUntraceable, RootUntraceable, randomize_bn, settle_bn
 
 import ptsq
 from ptsq.config import QuantConfig
 from ptsq.data import CalibrationImages, preset
 from ptsq.errors import ConfigError, TraceError
+from tests.models import FaceNet, MixedNet, PartlyUntraceable, RootUntraceable, randomize_bn, settle_bn
+
+
+# tiny test layers can run slower in int8 than fp32; the speed guard (timed, so machine-dependent)
+# would keep them fp32, so tests that assert the precision map switch it off
+EXACT = QuantConfig(speed_guard=0)
 
 
 def _batches(shape, n=6, seed=0):
@@ -25,8 +30,10 @@ def _batches(shape, n=6, seed=0):
 def test_prelu_model_is_faithful_where_plain_recipe_is_not():
     model = randomize_bn(FaceNet())
     calib = _batches((8, 3, 24, 24), n=8)
-    plain = ptsq.quantize(model, calib, config=QuantConfig(probe_kernels=False, warn_sqnr_db=-100), progress=False)
-    ours = ptsq.quantize(model, calib, progress=False)
+    plain = ptsq.quantize(
+        model, calib, config=QuantConfig(probe_kernels=False, warn_sqnr_db=-100, speed_guard=0), progress=False
+    )
+    ours = ptsq.quantize(model, calib, config=EXACT, progress=False)
     plain_db, ours_db = plain.fidelity["sqnr_db"], ours.fidelity["sqnr_db"]
     # measured on the held-back batches: the plain recipe's PReLU kernel is wrong
     assert ours_db > 20.0, ours_db
@@ -44,7 +51,7 @@ def test_prelu_model_is_faithful_where_plain_recipe_is_not():
 def test_mixed_model_keeps_unsupported_ops_fp32_and_reports_them():
     model = MixedNet().eval()
     calib = _batches((4, 3, 32, 32), n=6)
-    qm = ptsq.quantize(model, calib, progress=False)
+    qm = ptsq.quantize(model, calib, config=EXACT, progress=False)
     prec = qm.precision
     assert prec["conv1"]["precision"] == "int8"
     assert prec["conv2"]["precision"] == "int8"
@@ -63,7 +70,7 @@ def test_mixed_model_keeps_unsupported_ops_fp32_and_reports_them():
 def test_untraceable_submodule_stays_fp32_and_rest_is_int8():
     model = PartlyUntraceable().eval()
     calib = _batches((4, 3, 16, 16), n=6)
-    qm = ptsq.quantize(model, calib, progress=False)
+    qm = ptsq.quantize(model, calib, config=EXACT, progress=False)
     prec = qm.precision
     assert prec["gate"]["precision"] == "fp32"
     assert "cannot be traced" in prec["gate"]["reason"]
@@ -84,7 +91,7 @@ def test_untraceable_top_level_forward_names_the_line():
 def test_skip_rule_keeps_layer_fp32_and_unknown_rule_is_an_error():
     model = randomize_bn(FaceNet())
     calib = _batches((4, 3, 24, 24), n=4)
-    qm = ptsq.quantize(model, calib, config=QuantConfig(skip=("name:fc2",)), progress=False)
+    qm = ptsq.quantize(model, calib, config=QuantConfig(skip=("name:fc2",), speed_guard=0), progress=False)
     assert qm.precision["fc2"]["precision"] == "fp32"
     assert "skip rule" in qm.precision["fc2"]["reason"]
     with pytest.raises(ConfigError, match="no_such_layer"):
@@ -103,7 +110,7 @@ def test_torchvision_models_quantize_and_reload(arch, min_sqnr, photo_dir, tmp_p
     settle_bn(model, list(calib))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ptsq.QuantizationWarning)
-        qm = ptsq.quantize(model, calib, progress=False, preprocess=pre)
+        qm = ptsq.quantize(model, calib, config=EXACT, progress=False, preprocess=pre)
     counts = qm.summary()["layers"]
     assert counts["int8"] > 20 and counts["fp32"] == 0, counts
     out = qm.save(tmp_path / f"{arch}.pt")

@@ -56,6 +56,10 @@ def quantize_cmd(
         bool, typer.Option("--per-tensor", help="Per-tensor instead of per-channel weights.")
     ] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on untraceable submodules instead of fp32.")] = False,
+    speed_guard: Annotated[
+        float,
+        typer.Option("--speed-guard", help="Keep a layer fp32 if its int8 kernel is this many times slower; 0 = off."),
+    ] = 1.5,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite OUTPUT if it exists.")] = False,
     json_out: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
@@ -72,7 +76,10 @@ def quantize_cmd(
     out = Output(json_mode=json_out, quiet=quiet)
     if num_calib < 1 or batch_size < 1:
         raise ConfigError("--num-calib and --batch-size must be at least 1", "e.g. --num-calib 300 --batch-size 32")
-    config = QuantConfig(backend=backend, skip=tuple(skip or ()), per_channel=not per_tensor, strict=strict, seed=seed)
+    config = QuantConfig(
+        backend=backend, skip=tuple(skip or ()), per_channel=not per_tensor, strict=strict, seed=seed,
+        speed_guard=speed_guard,
+    )  # fmt: skip
     target = artifact.check_output_path(output, force)
     t0 = time.perf_counter()
     loaded = load_model(model, weights=weights, trust_pickle=trust_pickle)

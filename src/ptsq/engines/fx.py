@@ -22,6 +22,8 @@ from ptsq.config import QuantConfig
 from ptsq.engines import register
 from ptsq.engines.base import EngineResult, LayerPrecision
 from ptsq.engines.capture import try_trace
+from ptsq.engines.fx_cleanup import clamp_ranges, cleanup
+from ptsq.engines.fx_speed import slow_layers
 from ptsq.engines.keep_float import KeepFloat, broken_kernels, wrap_modules
 from ptsq.errors import ConfigError, QuantizationError, TraceError
 
@@ -184,6 +186,13 @@ class FxEngine:
                         fallback.setdefault(name, reason)
         wrap_modules(work, _outermost(fallback))
         notes.extend(_capture(work, config.strict))
+        work, cleaned = cleanup(work, config.cleanup)
+        notes.extend(cleaned)
+        if config.speed_guard > 0:
+            slow = slow_layers(work, example_args, backend, config.speed_guard)
+            wrap_modules(work, slow)
+            if slow:
+                notes.append(f"speed guard: {len(slow)} layer(s) kept in fp32, their int8 kernel is slower here")
 
         qmap: QConfigMapping = get_default_qconfig_mapping(qconfig_name(backend))
         if not config.per_channel:
@@ -202,6 +211,8 @@ class FxEngine:
                 ) from exc
             with torch.no_grad():
                 calibrate(prepared)
+            if "clamp-ranges" in config.cleanup and (n := clamp_ranges(prepared)):
+                notes.append(f"clean-up: {n} activations quantized over their ReLU6/clamp range")
             observed = copy.deepcopy(prepared)
             try:
                 converted = convert_fx(prepared)

@@ -1,0 +1,92 @@
+"""Speed guard: keep in fp32 the conv/linear layers whose int8 kernel is slower than fp32 here.
+
+Some int8 kernels fall off their fast path for particular shapes: on AVX2 x86, a depthwise conv with
+TF-style "same" padding (padding 0 after an asymmetric pad) ran 30x slower than fp32 in
+EfficientNet-Lite0. Each layer's int8 kernel is timed against its fp32 twin on the layer's real
+input shape, on this machine, before calibration; a layer slower by more than ``margin`` stays fp32.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def _median_ms(fn: Any, x: torch.Tensor, runs: int) -> float:
+    fn(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000.0
+
+
+def _key(mod: nn.Module, shape: tuple[int, ...]) -> tuple[Any, ...]:
+    if isinstance(mod, nn.Linear):
+        return ("Linear", (mod.in_features, mod.out_features), {"bias": mod.bias is not None}, shape)
+    kw = {"stride": mod.stride, "padding": mod.padding, "dilation": mod.dilation, "groups": mod.groups,
+          "bias": mod.bias is not None}  # fmt: skip
+    return (type(mod).__name__, (mod.in_channels, mod.out_channels, mod.kernel_size), tuple(kw.items()), shape)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ratio(key: tuple[Any, ...], backend: str) -> float:
+    """int8 / fp32 time for one layer configuration (weights do not matter for speed)."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    from ptsq.backends import qconfig_name
+
+    kind, args, kwargs, shape = key
+    torch.manual_seed(0)
+    mod = getattr(nn, kind)(*args, **dict(kwargs)).eval()
+    x = torch.randn(*shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_fx(nn.Sequential(mod), get_default_qconfig_mapping(qconfig_name(backend)), (x,))
+        prepared(x)
+        q = getattr(convert_fx(prepared), "0")
+    qx = torch.quantize_per_tensor(x, float(x.abs().max()) / 127 + 1e-8, 128, torch.quint8)
+    runs = 7 if x.numel() < 2_000_000 else 3
+    with torch.inference_mode():
+        fp = [_median_ms(mod, x, runs) for _ in range(2)]
+        i8 = [_median_ms(q, qx, runs) for _ in range(2)]
+    return min(i8) / max(min(fp), 1e-6)
+
+
+def slow_layers(model: nn.Module, example_args: tuple[Any, ...], backend: str, margin: float) -> dict[str, str]:
+    """Qualified names of layers whose int8 kernel is over ``margin`` times slower than fp32, with why."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = []
+    for name, mod in model.named_modules():
+        if type(mod) in _TYPES:
+
+            def hook(_m: nn.Module, inputs: Any, _o: Any, name: str = name) -> None:
+                if inputs and isinstance(inputs[0], torch.Tensor):
+                    shapes.setdefault(name, tuple(inputs[0].shape))
+
+            hooks.append(mod.register_forward_hook(hook))
+    try:
+        with torch.inference_mode():
+            model(*example_args)
+    finally:
+        for h in hooks:
+            h.remove()
+    slow: dict[str, str] = {}
+    for name, shape in shapes.items():
+        try:
+            ratio = _ratio(_key(model.get_submodule(name), shape), backend)
+        except Exception:  # a layer the backend cannot quantize alone: nothing to compare
+            continue
+        if ratio > margin:
+            slow[name] = f"int8 kernel measured {ratio:.1f}x slower than fp32 for input {list(shape)}, kept in fp32"
+    return slow

@@ -1,0 +1,104 @@
+"""Each graph clean-up step keeps fp32 outputs equal (to float rounding) and does what it claims."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ptsq
+from ptsq.config import QuantConfig
+from ptsq.engines.fx_cleanup import GRAPH_STEPS, cleanup
+from tests.models import randomize_bn
+
+
+class SamePadConv(nn.Conv2d):
+    """TF-style 'same' padding: a Conv2d subclass whose forward pads and calls F.conv2d."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(cin, cout, k, stride=stride, padding=0, groups=groups, bias=False)
+        p = k - 1
+        self.pad = nn.ZeroPad2d((p // 2, p - p // 2, p // 2, p - p // 2)) if stride == 1 else nn.ZeroPad2d((0, 1, 0, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(self.pad(x), self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class LiteBlock(nn.Module):
+    """EfficientNet-Lite style: same-pad convs, BN, ReLU6, depthwise, residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = SamePadConv(3, 16, 3, stride=2)
+        self.bn0 = nn.BatchNorm2d(16)
+        self.expand = SamePadConv(16, 32, 1)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.dw = SamePadConv(32, 32, 3, groups=32)
+        self.bn2 = nn.BatchNorm2d(32)
+        self.project = SamePadConv(32, 16, 1)
+        self.bn3 = nn.BatchNorm2d(16)
+        self.act = nn.ReLU6()
+        self.fc = nn.Linear(16, 10)
+        self.bnf = nn.BatchNorm1d(10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn0(self.stem(x)))
+        y = self.act(self.bn1(self.expand(x)))
+        y = F.hardtanh(self.bn2(self.dw(y)), 0.0, 6.0)
+        x = x + self.bn3(self.project(y))
+        return self.bnf(self.fc(x.mean((2, 3))))
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    m = randomize_bn(LiteBlock())
+    with torch.no_grad():
+        m.bnf.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+@pytest.mark.parametrize("steps", [(s,) for s in GRAPH_STEPS] + [GRAPH_STEPS])
+def test_cleanup_preserves_fp32_outputs(steps):
+    model = _model()
+    x = torch.randn(4, 3, 32, 32)
+    ref = model(x)
+    cleaned, notes = cleanup(model, steps)
+    assert torch.allclose(cleaned(x), ref, rtol=1e-4, atol=1e-5)
+    if steps in (GRAPH_STEPS, ("conv-modules",), ("fold-bn",)):
+        assert notes  # pads only fold once convs are modules
+    assert torch.equal(model(x), ref)  # the input model was not touched
+
+
+def test_cleanup_turns_subclass_convs_into_plain_modules_and_folds():
+    cleaned, notes = cleanup(_model(), GRAPH_STEPS)
+    kinds = [type(m) for m in cleaned.modules()]
+    assert not any(issubclass(k, nn.BatchNorm2d) for k in kinds)  # all folded
+    assert sum(k is nn.Conv2d for k in kinds) == 4
+    assert not any(k is SamePadConv for k in kinds)
+    text = " ".join(notes)
+    assert "4 functional convs" in text and "BatchNorms folded" in text
+    assert "3 symmetric zero pads" in text  # 1x1 convs have (0,0) pads; the stride-2 pad is asymmetric
+
+
+def test_cleanup_improves_int8_fidelity_and_clamps_relu6():
+    model = _model()
+    with torch.no_grad():  # pre-activations far beyond ReLU6's range, as in real MBConv nets
+        for bn in (model.bn0, model.bn1, model.bn2):
+            bn.weight.mul_(8.0)
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(8, 3, 32, 32, generator=g) for _ in range(6)]
+    plain = ptsq.quantize(model, calib, config=QuantConfig(cleanup=(), speed_guard=0), progress=False)
+    ours = ptsq.quantize(model, calib, config=QuantConfig(speed_guard=0), progress=False)
+    assert any("ReLU6/clamp range" in n for n in ours.manifest["notes"])
+    assert ours.fidelity["sqnr_db"] > plain.fidelity["sqnr_db"] + 3.0, (plain.fidelity, ours.fidelity)
+
+
+def test_speed_guard_reports_layers_it_keeps_fp32():
+    """A layer is kept fp32 only with a measured ratio in its reason; margin 0.01 forces the path."""
+    model = _model()
+    calib = [torch.randn(4, 3, 32, 32) for _ in range(4)]
+    qm = ptsq.quantize(model, calib, config=QuantConfig(speed_guard=0.01), progress=False)
+    slow = [v for v in qm.precision.values() if "slower than fp32" in v.get("reason", "")]
+    assert slow and all(v["precision"] == "fp32" for v in slow)
+    assert all("x slower" in v["reason"] for v in slow)
