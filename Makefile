@@ -30,5 +30,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/ruff format --check src tests examples benchmarks
 
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all $(ONLY)
+
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -10,7 +10,7 @@ from typing import Any
 from ptsq.errors import ConfigError
 
 CONFIG_VERSION = 1
-ENGINES = ("fx",)
+MODES = ("static", "dynamic", "qat")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class QuantConfig:
     """How to quantize. Defaults are the ones ptsq recommends; every field is validated."""
 
     engine: str = "fx"
+    mode: str = "static"
     backend: str = "auto"
     per_channel: bool = True
     skip: tuple[SkipRule, ...] = ()
@@ -74,8 +75,12 @@ class QuantConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ConfigError(f"engine {self.engine!r} is unknown", f"choose one of: {', '.join(ENGINES)}")
+        from ptsq.engines import available_engines
+
+        if self.engine not in available_engines() and self.engine != "auto":
+            raise ConfigError(f"engine {self.engine!r} is unknown", f"choose one of: {', '.join(available_engines())}")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode {self.mode!r} is unknown", f"choose one of: {', '.join(MODES)}")
         if not isinstance(self.check_batches, int) or not (0 <= self.check_batches <= 100):
             raise ConfigError(f"check_batches {self.check_batches!r} must be an integer in [0, 100]", "use e.g. 2")
         steps = ("conv-modules", "fold-pad", "fold-bn", "clamp-ranges")

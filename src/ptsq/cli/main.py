@@ -18,11 +18,21 @@ app = typer.Typer(
 )
 
 
-def _register() -> None:
-    from ptsq.cli import bench, info, quantize
+# commands listed first keep this order in --help; any other ptsq/cli/<name>.py with register() follows
+ORDER = ("quantize", "bench", "eval", "analyze", "info")
 
-    for mod in (quantize, bench, info):
-        mod.register(app)
+
+def _register() -> None:
+    import importlib
+    import pkgutil
+
+    import ptsq.cli as pkg
+
+    names = [m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_") and m.name != "main"]
+    for name in sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
+        module = importlib.import_module(f"ptsq.cli.{name}")
+        if hasattr(module, "register"):
+            module.register(app)
 
 
 _register()
