@@ -177,3 +177,17 @@ class FixedSizeNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+class ViewNet(nn.Module):
+    """Flattens with x.view(x.size(0), -1) after conv + pool, like many hand-written CNNs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(8 * 13 * 13, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.conv(x)))
+        return self.fc(x.view(x.size(0), -1))

@@ -161,3 +161,14 @@ def test_dataloader_pairs_and_inputs_are_not_modified():
     assert torch.equal(xs, before)
     assert qm.manifest["calibration"]["samples"] == 18  # one batch of 6 held back for the check
     assert qm.fidelity["held_out"] is True
+
+
+def test_view_after_quantized_conv_works():
+    """Quantized conv/pool outputs are channels-last: a plain x.view(n, -1) would fail after convert."""
+    from tests.models import ViewNet
+
+    model = ViewNet().eval()
+    calib = _batches((4, 1, 28, 28), n=4)
+    qm = ptsq.quantize(model, calib, config=EXACT, progress=False)
+    assert qm.precision["conv"]["precision"] == "int8"
+    assert qm.fidelity["sqnr_db"] > 20

@@ -1,0 +1,1 @@
+"""Runnable examples for ptsq (not part of the installed library)."""
