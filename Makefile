@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-all lint bench clean fashion-data
+.PHONY: install demo test test-all lint bench coverage clean fashion-data
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -40,6 +40,11 @@ lint: $(STAMP)
 
 bench: $(STAMP) fashion-data
 	$(BIN)/python -m benchmarks.run_all $(ONLY)
+
+# model-zoo coverage (torchvision + timm, random weights): writes COVERAGE.md; about an hour on 2 cores
+coverage: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[coverage]'
+	$(BIN)/python -m benchmarks.bench_coverage $(ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -20,6 +20,7 @@ def _cell(v: object) -> str:
 
 def render(results: Path = HERE / "results") -> str:
     sections = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
+    sections = [s for s in sections if isinstance(s, dict) and "columns" in s]  # other scripts' raw data files
     sections.sort(key=lambda s: (s.get("order", 50), s["name"]))
     lines = [
         "# ptsq benchmarks",

@@ -118,6 +118,84 @@ class RootUntraceable(nn.Module):
         return y
 
 
+class ValueAssert(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert bool((x > -1e4).all()), "activation out of range"  # an assert on tensor values
+        return x
+
+
+class ShapeFromData(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = max(1, int((x.mean((0, 2, 3)) > 0).sum()))  # a data-dependent shape: channels kept
+        return x + x[:, :k].mean(1, keepdim=True)
+
+
+class NumpyPercentile(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hi = float(np.percentile(x.detach().numpy(), 99))  # a call into non-PyTorch code on the values
+        return x.clamp(max=hi)
+
+
+class Sandwich(nn.Module):
+    """conv -> ``block`` -> conv -> linear: only ``block`` (untraceable) should stay fp32."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.block = block
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv2(self.block(self.relu(self.conv1(x))))
+        return self.fc(y.mean((2, 3)))
+
+
+def sandwich_assert() -> nn.Module:
+    return Sandwich(ValueAssert())
+
+
+class TwoInOut(nn.Module):
+    """Two image inputs (different sizes) -> a tuple (logits, features) and a list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        fa = torch.relu(self.a(x)).mean((2, 3))
+        fb = torch.relu(self.b(y)).mean((2, 3))
+        return self.fc(torch.cat([fa, fb], 1)), [fa, fb]
+
+
+class DictInOut(nn.Module):
+    """Keyword inputs ``image`` and ``aux``; a dict output (a segmentation-style head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 2, 1)
+        self.fc = nn.Linear(8 + 4, 3)
+
+    def forward(self, image: torch.Tensor, aux: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = torch.relu(self.conv(image))
+        return {"mask": self.head(f), "logits": self.fc(torch.cat([f.mean((2, 3)), aux], 1))}
+
+
+class OneDictArg(nn.Module):
+    """Takes a single dict positional argument (keys are not parameter names)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.relu(self.conv(batch["pixels"])) * batch["gain"]
+
+
 class SmallNet(nn.Module):
     """A small classifier for fast CLI tests (32x32 RGB, 10 classes)."""
 
@@ -191,3 +269,21 @@ class ViewNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(torch.relu(self.conv(x)))
         return self.fc(x.view(x.size(0), -1))
+
+
+class ColourNet(nn.Module):
+    """Predicts the brightest colour channel (0 red, 1 green, 2 blue): outputs you can control with images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(3, 3)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.eye(3).reshape(3, 3, 1, 1))
+            self.conv.bias.zero_()
+            self.fc.weight.copy_(torch.eye(3) * 4.0)
+            self.fc.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(torch.relu(self.conv(x))).flatten(1))

@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "quantize": "ptsq.api",
+    "quantize_dynamic": "ptsq.modes.dynamic",
     "load": "ptsq.quantized",
     "QuantizationWarning": "ptsq.api",
     "QuantizedModel": "ptsq.quantized",
@@ -21,9 +22,13 @@ _EXPORTS = {
     "Preprocess": "ptsq.data.preprocess",
     "preset": "ptsq.data.preprocess",
     "CalibrationImages": "ptsq.data.images",
+    "CalibrationTensors": "ptsq.data.tensors",
     "load_model": "ptsq.models",
     "benchmark": "ptsq.bench",
+    "evaluate": "ptsq.evaluation",
     "supported_backends": "ptsq.backends",
+    "quantize_with_budget": "ptsq.analysis.budget",
+    "analyze": "ptsq.analysis.sensitivity",
 }
 _ERRORS = [
     "PtsqError", "ConfigError", "BackendError", "ModelLoadError", "UnsafeFileError", "WeightsMismatchError",

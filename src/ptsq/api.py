@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -13,12 +14,12 @@ from torch import nn
 import ptsq
 from ptsq import artifact
 from ptsq.backends import activate, resolve_backend
-from ptsq.calibration import CalibrationStream, first_sample
+from ptsq.calibration import CalibrationStream, adapt_keywords, describe_inputs, first_sample
 from ptsq.config import QuantConfig
 from ptsq.data.preprocess import Preprocess
 from ptsq.engines import get_engine
 from ptsq.errors import ConfigError, InputShapeError, first_line
-from ptsq.fidelity import compare
+from ptsq.fidelity import Fidelity, compare
 from ptsq.progress import task
 from ptsq.quantized import QuantizedModel, load
 from ptsq.selfcheck import culprits
@@ -73,6 +74,13 @@ def quantize(
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model is a {type(model).__name__}, not a torch.nn.Module", "pass an nn.Module")
     config = config or QuantConfig()
+    if config.engine == "auto":  # every engine, fidelity-checked and timed; the fastest faithful one wins
+        from ptsq.engines.auto import quantize_auto
+
+        return quantize_auto(
+            model, calibration, example_inputs=example_inputs, backend=backend, config=config,
+            progress=progress, transform=transform, preprocess=preprocess, source=source,
+        )  # fmt: skip
     chosen = resolve_backend(backend if backend != "auto" else config.backend)
     activate(chosen)
     engine = get_engine(config.engine)
@@ -88,12 +96,20 @@ def quantize(
             stream = CalibrationStream(
                 calibration, transform=transform, hold_back=config.check_batches, progress=update
             )
+            runner = adapt_keywords(model, stream)  # dict batches naming forward parameters -> keywords
+            names = getattr(runner, "names", None)
             full = stream.first
+            if isinstance(example_inputs, dict) and names:
+                example_inputs = tuple(example_inputs[n] for n in names)
             example = tuple(example_inputs) if example_inputs is not None else first_sample(full)
-            _check_model_accepts(model, first_sample(full))
-            result = engine.quantize(model, lambda fn: stream.run(fn), example, config, chosen)
+            _check_model_accepts(runner, first_sample(full))
+            result = engine.quantize(runner, lambda fn: stream.run(fn), example, config, chosen)
         check_batches = stream.held or [full]
-        fid = compare(model, result.module, check_batches)
+        try:
+            fid = compare(runner, result.module, check_batches)
+        except ValueError as exc:  # variable-size outputs (e.g. detections): nothing to compare element-wise
+            fid = Fidelity(samples=0, sqnr_db=math.nan, cosine=math.nan)
+            result.notes.append(f"self-check skipped: {exc} (variable-size outputs, such as detections)")
     finally:
         model.train(was_training)
     elapsed = time.perf_counter() - t0
@@ -108,7 +124,7 @@ def quantize(
     poor = fid.sqnr_db < config.warn_sqnr_db or (
         fid.top1_agreement is not None and fid.samples >= 32 and fid.top1_agreement < config.warn_agreement
     )
-    check["passed"] = not poor
+    check["passed"] = not poor if fid.samples else None  # None: outputs could not be compared
     if poor and "observed" in result.debug:
         names = [r["name"] for r in rows if r["precision"] == "int8"]
         try:
@@ -134,8 +150,10 @@ def quantize(
         "backend": chosen,
         "quantized_engine": torch.backends.quantized.engine,
         "input": {
-            "shapes": [list(a.shape) for a in example if isinstance(a, torch.Tensor)],
-            "dtypes": [str(a.dtype).replace("torch.", "") for a in example if isinstance(a, torch.Tensor)],
+            "shapes": [d["shape"] for d in describe_inputs(example, names)],
+            "dtypes": [d["dtype"] for d in describe_inputs(example, names)],
+            "names": [d["name"] for d in describe_inputs(example, names)],
+            "keywords": list(names) if names else None,
             "batch_dim": 0,
         },
         "preprocess": preprocess.to_dict() if preprocess is not None else None,

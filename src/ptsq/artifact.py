@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -103,27 +104,58 @@ def check_output_path(path: str | os.PathLike[str], force: bool) -> Path:
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_error(path: Path, exc: OSError) -> OutputPathError:
+    """One clean error for every way writing the output can fail at the OS level."""
+    where = path.parent if str(path.parent) else Path(".")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return OutputPathError(
+            f"no space left on the device while writing '{path}' ({exc.strerror})",
+            "free disk space or choose another -o; nothing was written",
+        )
+    if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return OutputPathError(
+            f"cannot write '{path}': {exc.strerror} (read-only or protected location)", "choose a writable location"
+        )
+    return OutputPathError(
+        f"cannot write '{path}' in '{where}': {exc.strerror or exc}", "choose a writable folder for -o"
+    )
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it into place, else delete it."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    """Yield a temporary path for ``path``; on success rename it into place, else delete it.
+
+    The temporary file sits in a private hidden folder beside ``path`` (same file system, so the
+    rename is atomic) and has ``path``'s own name, so formats that record their file name record
+    the real one. Two writers of the same ``path`` never share a temporary file: the last rename
+    wins and the result is always one complete file. Any OS error becomes :class:`OutputPathError`.
+    """
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    tmp = tmpdir / path.name
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        try:  # keep the mode of a file being replaced; a new file gets the usual 0666 & ~umask
+            mode = path.stat().st_mode & 0o777
+        except OSError:
+            mode = 0o666 & ~_umask()
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise OutputPathError(f"no space left on the device while writing '{path}'", "free disk space") from None
-        if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-            raise OutputPathError(f"cannot write '{path}': {exc.strerror}", "choose a writable location") from None
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        raise _write_error(path, exc) from None
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def write(path: Path, writer: Callable[[Path], Any], *, force: bool = False) -> Any:

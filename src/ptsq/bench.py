@@ -3,13 +3,24 @@
 Interleaving means machine drift (other load, frequency changes) hits every model alike, so the
 ratios are trustworthy even when absolute times wander. Each round runs each model once, in a
 rotating order; medians and p90 are reported with the speed-up of each model over the first.
+
+Peak memory is measured apart from the timing, one model at a time, in a fresh child process
+(``python -m ptsq._memprobe``) that imports torch and ptsq, loads the model and runs it a few times
+at the largest batch size; the figure is that process's ``getrusage(RUSAGE_SELF).ru_maxrss``, so
+models never share one figure. ``peak_rss_mb`` includes the Python + torch baseline;
+``model_mb`` is the peak above that baseline (weights, activations, kernels' workspace); on Linux
+the child resets its high-water mark after the imports (``/proc/self/clear_refs``) so a larger
+peak during ``import torch`` cannot hide the model's own.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +42,7 @@ class Candidate:
     fn: Callable[..., Any]
     size_bytes: int | None = None
     kind: str = "fp32"
+    source: dict[str, Any] | None = None  # how a child process loads it again: {"artifact": path} or {"spec": ...}
 
 
 @dataclass
@@ -47,15 +59,55 @@ class Timing:
     speedup: float | None
     size_bytes: int | None
     runs: int
+    peak_rss_mb: float | None = None
+    model_mb: float | None = None
 
 
 @dataclass
 class BenchResult:
     machine: dict[str, Any]
     timings: list[Timing] = field(default_factory=list)
+    memory: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"machine": self.machine, "timings": [asdict(t) for t in self.timings]}
+        return {"machine": self.machine, "timings": [asdict(t) for t in self.timings], "memory": self.memory}
+
+
+def peak_memory(
+    source: dict[str, Any], shape: Sequence[int], *, threads: int = 1, runs: int = 3, timeout: float = 600
+) -> dict[str, Any]:
+    """Peak resident memory of one model in a fresh child process (see the module docstring).
+
+    Returns ``peak_rss_mb``, ``baseline_mb`` and ``model_mb``; on failure the values are None and
+    ``error`` says why (memory is a side figure: it never fails the benchmark).
+    """
+    job = {**source, "shape": list(shape), "threads": threads, "runs": runs}
+    out: dict[str, Any] = {"peak_rss_mb": None, "baseline_mb": None, "model_mb": None, "method": "child ru_maxrss"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "ptsq._memprobe", json.dumps(job)],
+            capture_output=True, text=True, timeout=timeout, cwd=os.getcwd(),
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {**out, "error": first_line(exc)}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        return {**out, "error": (err[-1] if err else f"exit code {proc.returncode}")[:200]}
+    r = json.loads(lines[-1])
+    mb = 1024.0
+    return {
+        **out,
+        "peak_rss_mb": round(r["peak_kb"] / mb, 1),
+        "baseline_mb": round(r["baseline_kb"] / mb, 1),
+        "model_mb": round((r["peak_kb"] - r["baseline_kb"]) / mb, 1),
+        **(
+            {"model_mb": round((r["hwm_kb"] - r["base_rss_kb"]) / mb, 1), "method": "child VmHWM after reset"}
+            if r.get("hwm_kb") is not None and r.get("base_rss_kb") is not None
+            else {}
+        ),
+    }
 
 
 def _cpu_flags() -> set[str]:
@@ -130,8 +182,13 @@ def benchmark(
     runs: int = 50,
     check_outputs: bool = True,
     progress: bool = True,
+    memory: bool = False,
 ) -> BenchResult:
-    """Time every candidate at every thread count and batch size; interleaved, medians, speed-ups."""
+    """Time every candidate at every thread count and batch size; interleaved, medians, speed-ups.
+
+    ``memory``: afterwards, measure each candidate that has a ``source`` in a child process
+    (:func:`peak_memory`) at the largest batch size and the first thread count.
+    """
     if not candidates:
         raise ConfigError("nothing to benchmark", "give at least one model or artifact")
     if warmup < 0 or runs < 1:
@@ -185,4 +242,15 @@ def benchmark(
                         )
     finally:
         torch.set_num_threads(saved_threads)
+    if memory:
+        args = make_inputs(max(batch_sizes))
+        shape = tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else None
+        for i, c in enumerate(candidates):
+            if c.source is None or shape is None:
+                m: dict[str, Any] = {"peak_rss_mb": None, "model_mb": None, "error": "no source to reload from"}
+            else:
+                m = peak_memory(c.source, shape, threads=threads[0])
+            result.memory.append({"label": c.label, "batch_size": max(batch_sizes), "threads": threads[0], **m})
+            for t in result.timings[i :: len(candidates)]:  # timings are appended in candidate order
+                t.peak_rss_mb, t.model_mb = m.get("peak_rss_mb"), m.get("model_mb")
     return result

@@ -1,16 +1,22 @@
 """Feed calibration batches to an observed model, holding a few back for the self-check.
 
-Accepts any iterable of batches: a tensor, a tuple/list of positional inputs, or a DataLoader's
-``(inputs, labels)`` pair (the integer labels are dropped). Batches are streamed, never collected.
+Accepts any iterable of batches: a tensor, a tuple/list of positional inputs, a DataLoader's
+``(inputs, labels)`` pair (the integer labels are dropped), or a dict. A dict whose keys name
+parameters of the model's ``forward`` is passed as keyword inputs (through :class:`KeywordInputs`,
+which takes them positionally in the order of the first batch's keys, as FX needs); any other dict
+is passed as one positional argument. Batches are streamed, never collected.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
+from torch import nn
+from torch.utils._pytree import keystr, tree_flatten_with_path
 
 from ptsq.errors import DataError
 
@@ -22,10 +28,7 @@ def as_args(batch: Any) -> tuple[Any, ...]:
     if isinstance(batch, torch.Tensor):
         return (batch,)
     if isinstance(batch, dict):
-        raise DataError(
-            "calibration batches are dicts, but ptsq passes inputs positionally",
-            "pass transform=lambda b: (b['input'],) to say which entries are the model inputs",
-        )
+        return (batch,)  # one dict argument, or keyword inputs: see keyword_inputs()
     if isinstance(batch, (list, tuple)):
         items = tuple(batch)
         if (
@@ -43,14 +46,79 @@ def as_args(batch: Any) -> tuple[Any, ...]:
 
 
 def batch_size(args: tuple[Any, ...]) -> int:
-    for a in args:
+    leaves = tree_flatten_with_path(args)[0]
+    for _, a in leaves:
         if isinstance(a, torch.Tensor) and a.dim() > 0:
             return int(a.shape[0])
     return 1
 
 
+class KeywordInputs(nn.Module):
+    """Call ``model`` with keyword inputs given positionally in the fixed order ``names``.
+
+    FX (``prepare_fx``) and TorchScript take example inputs as a tuple; this adapter's ``forward``
+    has one named parameter per input, so the quantized module and the artifact take them in that
+    order, positionally or by name.
+    """
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def extra_repr(self) -> str:
+        return f"names={self.names}"
+
+
+def _keyword_class(names: tuple[str, ...]) -> type[KeywordInputs]:
+    params = ", ".join(names)
+    call = ", ".join(f"{n}={n}" for n in names)
+    ns: dict[str, Any] = {}
+    exec(f"def forward(self, {params}):\n    return self.model({call})\n", ns)  # names are identifiers
+    return type("KeywordInputs", (KeywordInputs,), {"forward": ns["forward"]})
+
+
+def keyword_inputs(model: nn.Module, first: tuple[Any, ...]) -> tuple[str, ...] | None:
+    """The keyword names when ``first`` is one dict batch naming ``model.forward`` parameters."""
+    if len(first) != 1 or not isinstance(first[0], dict) or not first[0]:
+        return None
+    keys = tuple(first[0])
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    takes = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if not all(isinstance(k, str) and k.isidentifier() and k in takes for k in keys):
+        return None
+    return keys
+
+
+def adapt_keywords(model: nn.Module, stream: CalibrationStream) -> nn.Module:
+    """Wrap ``model`` in :class:`KeywordInputs` if the batches are keyword inputs; else return it."""
+    names = keyword_inputs(model, stream.first)
+    if names is None:
+        return model
+    stream.set_keywords(names)
+    return _keyword_class(names)(model, names).eval()
+
+
+def describe_inputs(args: tuple[Any, ...], names: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """Every tensor in the inputs (nested tuples/lists/dicts too): its path, shape and dtype."""
+    out = []
+    for path, leaf in tree_flatten_with_path(args)[0]:
+        if not isinstance(leaf, torch.Tensor):
+            continue
+        key = keystr(path)
+        if names:  # "[0]" -> "image"
+            idx = path[0].idx if hasattr(path[0], "idx") else None
+            if idx is not None and idx < len(names):
+                key = names[idx] + keystr(path[1:])
+        out.append({"name": key, "shape": list(leaf.shape), "dtype": str(leaf.dtype).replace("torch.", "")})
+    return out
+
+
 def check_finite(args: tuple[Any, ...], index: int) -> None:
-    for a in args:
+    for _, a in tree_flatten_with_path(args)[0]:
         if isinstance(a, torch.Tensor) and a.is_floating_point() and not bool(torch.isfinite(a).all()):
             raise DataError(
                 f"calibration batch {index} contains NaN or infinite values",
@@ -59,7 +127,16 @@ def check_finite(args: tuple[Any, ...], index: int) -> None:
 
 
 def first_sample(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(a[:1] if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args)
+    """The first sample of a batch: tensors (also a dict's values) sliced to batch 1; lists kept."""
+
+    def one(a: Any) -> Any:
+        if isinstance(a, torch.Tensor) and a.dim() > 0:
+            return a[:1]
+        if isinstance(a, dict):
+            return {k: one(v) for k, v in a.items()}
+        return a  # a list of per-image tensors (detection) is a batch of its own kind
+
+    return tuple(one(a) for a in args)
 
 
 class CalibrationStream:
@@ -87,6 +164,7 @@ class CalibrationStream:
             ) from None
         self._transform = transform
         self._progress = progress
+        self._keywords: tuple[str, ...] | None = None
         try:
             n = len(source)  # type: ignore[arg-type]
         except TypeError:
@@ -111,7 +189,22 @@ class CalibrationStream:
         args = as_args(self._transform(batch) if self._transform else batch)
         check_finite(args, self._index)
         self._index += 1
-        return args
+        return self._positional(args) if self._keywords else args
+
+    def set_keywords(self, names: tuple[str, ...]) -> None:
+        """From now on (and for the first batch), dict batches become positional in ``names`` order."""
+        self._keywords = names
+        self.first = self._positional(self.first) if self.first is not None else None
+
+    def _positional(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        names = self._keywords or ()
+        if len(args) != 1 or not isinstance(args[0], dict) or set(args[0]) != set(names):
+            got = sorted(args[0]) if len(args) == 1 and isinstance(args[0], dict) else type(args[0]).__name__
+            raise DataError(
+                f"calibration batch {self._index - 1} has inputs {got}, the first had {sorted(names)}",
+                "give every batch the same keyword inputs",
+            )
+        return tuple(args[0][n] for n in names)
 
     def run(self, fn: Callable[..., Any]) -> int:
         """Call ``fn(*args)`` for each calibration batch; return the number of samples seen."""

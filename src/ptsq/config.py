@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from ptsq.errors import ConfigError
@@ -54,6 +55,39 @@ class SkipRule:
         return f"{self.kind}:{self.pattern}"
 
 
+def _check_field_types(obj: Any) -> None:
+    """Each field must have its default's type (ints pass for floats; lists for tuples), else ConfigError."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        default = f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            kind = "a finite number"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a string"
+        elif isinstance(default, tuple):
+            ok = isinstance(value, (tuple, list)) and all(isinstance(v, (str, SkipRule)) for v in value)
+            kind = "a list of strings"
+        elif isinstance(default, dict):
+            ok, kind = isinstance(value, dict), "a dictionary"
+        else:
+            continue
+        if not ok:
+            raise ConfigError(
+                f"config field {f.name!r} must be {kind}, not {type(value).__name__} {_short_repr(value)}",
+                f"fix {f.name} (default: {default!r})",
+            )
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """How to quantize. Defaults are the ones ptsq recommends; every field is validated."""
@@ -70,20 +104,28 @@ class QuantConfig:
     warn_agreement: float = 0.9
     freeze: bool = True
     speed_guard: float = 1.5  # keep a layer fp32 if its int8 kernel is this many times slower here; 0 = off
-    cleanup: tuple[str, ...] = ("conv-modules", "fold-pad", "fold-bn", "clamp-ranges")  # see engines/fx_cleanup.py
+    cleanup: tuple[str, ...] = (
+        "conv-modules", "fold-pad", "fold-bn", "equalize", "clamp-ranges", "bias-correction",
+    )  # see engines/fx_cleanup.py; defaults measured in docs/accuracy.md  # fmt: skip
+    observer: str = "histogram"  # activation range setting, see ptsq/algorithms (docs/accuracy.md)
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from ptsq.engines import available_engines
 
+        _check_field_types(self)
         if self.engine not in available_engines() and self.engine != "auto":
             raise ConfigError(f"engine {self.engine!r} is unknown", f"choose one of: {', '.join(available_engines())}")
         if self.mode not in MODES:
             raise ConfigError(f"mode {self.mode!r} is unknown", f"choose one of: {', '.join(MODES)}")
         if not isinstance(self.check_batches, int) or not (0 <= self.check_batches <= 100):
             raise ConfigError(f"check_batches {self.check_batches!r} must be an integer in [0, 100]", "use e.g. 2")
-        steps = ("conv-modules", "fold-pad", "fold-bn", "clamp-ranges")
+        steps = ("conv-modules", "fold-pad", "fold-bn", "equalize", "clamp-ranges", "bias-correction")
+        from ptsq.algorithms import OBSERVER_NAMES
+
+        if self.observer not in OBSERVER_NAMES:
+            raise ConfigError(f"observer {self.observer!r} is unknown", f"choose one of: {', '.join(OBSERVER_NAMES)}")
         unknown = [c for c in self.cleanup if c not in steps]
         if unknown:
             raise ConfigError(f"unknown clean-up step(s) {unknown}", f"choose from: {', '.join(steps)}")
@@ -101,6 +143,8 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> QuantConfig:
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a dictionary, not {type(d).__name__}", 'write e.g. {"backend": "x86"}')
         d = dict(d)
         kind = d.pop("type", "QuantConfig")
         version = d.pop("version", CONFIG_VERSION)
@@ -115,6 +159,6 @@ class QuantConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown config keys: {unknown}", f"known keys: {sorted(known)}")
-        if "skip" in d:
-            d["skip"] = tuple(SkipRule.parse(str(s)) for s in d["skip"])
+        if isinstance(d.get("skip"), (list, tuple)):  # anything else fails the type check with a clear message
+            d["skip"] = tuple(SkipRule.parse(s) if isinstance(s, str) else s for s in d["skip"])
         return cls(**d)

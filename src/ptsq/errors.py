@@ -6,6 +6,9 @@ the CLI prints ``error: <message>`` and ``hint: <hint>`` and exits with code 2.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class PtsqError(Exception):
     """Base class: a problem the user can fix. ``hint`` says how."""
@@ -48,7 +51,14 @@ class DataError(PtsqError):
 
 
 class ImageDecodeError(DataError):
-    """One image file cannot be decoded."""
+    """One image file cannot be decoded; ``path`` names the file and ``reason`` says why, briefly."""
+
+    def __init__(
+        self, message: str, hint: str | None = None, *, path: str | os.PathLike[str] | None = None, reason: str = ""
+    ) -> None:
+        super().__init__(message, hint)
+        self.path = Path(path) if path is not None else None
+        self.reason = reason or message
 
 
 class InputShapeError(PtsqError):

@@ -62,8 +62,13 @@ class FidelityMeter:
         r, t = flatten_outputs(ref_out), flatten_outputs(test_out)
         if len(r) != len(t) or any(a.shape != b.shape for a, b in zip(r, t)):
             raise ValueError("fp32 and int8 outputs differ in structure or shape")
-        self.ref.append(torch.cat([a.reshape(a.shape[0] if a.dim() else 1, -1).float() for a in r], dim=1))
-        self.test.append(torch.cat([b.reshape(b.shape[0] if b.dim() else 1, -1).float() for b in t], dim=1))
+        keep = [i for i, a in enumerate(r) if a.numel()]  # empty outputs (no detections) carry no signal
+        r, t = [r[i] for i in keep], [t[i] for i in keep]
+        try:
+            self.ref.append(torch.cat([a.reshape(a.shape[0] if a.dim() else 1, -1).float() for a in r], dim=1))
+            self.test.append(torch.cat([b.reshape(b.shape[0] if b.dim() else 1, -1).float() for b in t], dim=1))
+        except RuntimeError:  # no tensors left, or per-image outputs of different lengths (detections)
+            raise ValueError("fp32 and int8 outputs cannot be compared element-wise") from None
         self._scores = len(r) == 1 and looks_like_scores(r[0])
 
     def result(self) -> Fidelity:

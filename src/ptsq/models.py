@@ -55,6 +55,22 @@ def is_torchscript(path: Path) -> bool:
     return any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names)
 
 
+def unpickle_detail(exc: BaseException) -> str:
+    """`` (it would load posix.system)`` from torch's weights-only refusal, or ``""``."""
+    import re
+
+    m = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return f" (it would load {m.group(1)})" if m else ""
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
+
+
 def _safe_load(path: Path, trust_pickle: bool, what: str) -> Any:
     if not path.exists():
         raise ModelLoadError(f"{what} file '{path}' does not exist", "check the path")
@@ -69,16 +85,14 @@ def _safe_load(path: Path, trust_pickle: bool, what: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not trust_pickle:
-            detail = str(exc).strip().splitlines()
-            found = next((ln.strip() for ln in detail if "GLOBAL" in ln or "Unsupported" in ln), "")
             raise UnsafeFileError(
-                f"'{path}' contains pickled Python objects that could run code when loaded"
-                + (f" ({found[:120]})" if found else ""),
+                f"'{path}' contains pickled Python objects that could run code when loaded{unpickle_detail(exc)}",
             ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"cannot read {what} file '{path}': {first_line(exc)}", "check that the file is complete"
-        ) from None
+        reason = first_line(exc)
+        if isinstance(exc, EOFError) or (_starts_with(path, b"PK") and not zipfile.is_zipfile(path)):
+            reason = "the file is truncated or damaged (an incomplete archive)"
+        raise ModelLoadError(f"cannot read {what} file '{path}': {reason}", "check that the file is complete") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # the user opted in; still report failures as one line

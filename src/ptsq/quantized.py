@@ -107,6 +107,8 @@ def load(path: str | os.PathLike[str]) -> ArtifactModel:
     """Load a ptsq artifact; verifies its manifest and sets the quantized engine it was built for."""
     p = artifact.check_readable(path)
     for name in available_engines():
+        if name == "auto":  # a strategy over the other engines, not an artifact format
+            continue
         engine = get_engine(name)
         if engine.can_load(p):
             break

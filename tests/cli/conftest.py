@@ -52,7 +52,7 @@ def assert_clean_error(res: Result, *needles: str) -> None:
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error: ")]
     assert len(errors) == 1, res.stderr
-    assert all(ln.startswith(("error: ", "hint: ", "warning: ")) for ln in lines), res.stderr
+    assert all(ln.startswith(("error: ", "hint: ", "warning: ", "info: ")) for ln in lines), res.stderr
     assert "Traceback" not in res.stderr + res.stdout
     for n in needles:
         assert n.lower() in errors[0].lower(), (n, errors[0])

@@ -17,7 +17,12 @@ TrustOpt = Annotated[
     bool,
     typer.Option("--trust-pickle", help="Allow unpickling full Python objects. Only for files you trust: runs code."),
 ]
-InputSizeOpt = Annotated[str | None, typer.Option("--input-size", help="HxW or one number, e.g. 224 or 240x320.")]
+InputSizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--input-size", help="HxW or one number, e.g. 224 or 240x320; bench: one per input, 3x224x224,3x112x112."
+    ),
+]
 PresetOpt = Annotated[
     str | None, typer.Option("--preset", help="imagenet | minus1to1 | unit | effnet-lite | mtcnn | mnist")
 ]

@@ -43,8 +43,9 @@ class Output:
             self.err.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
 
     def info(self, message: str) -> None:
+        """A progress note on stderr, prefixed so scripts can tell it from errors and warnings."""
         if not (self.json_mode or self.quiet):
-            self.err.print(message, soft_wrap=True)
+            self.err.print(f"info: {message}", soft_wrap=True, markup=False)
 
     def result(self, data: dict[str, Any], render: Callable[[Console, dict[str, Any]], None]) -> None:
         if self.json_mode:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -19,6 +18,12 @@ Examples:
   ptsq bench torchvision:resnet18 resnet18_int8.pt --threads 1
 
   ptsq bench torchvision:resnet18 resnet18_int8.pt --threads 1,2 --batch-size 1,8 --json
+
+  ptsq bench torchvision:resnet18 resnet18_int8.pt --threads 1,2 --plot latency.png
+
+Peak memory: each model is loaded and run again in a fresh child process after the timing;
+the figure is that process's peak resident set size (ru_maxrss), and "above base" subtracts
+the same process's peak after importing torch and ptsq. --no-memory skips it.
 """
 
 
@@ -34,12 +39,6 @@ def _ints(text: str, what: str) -> list[int]:
     return vals
 
 
-def _is_artifact(path: Path) -> bool:
-    from ptsq.models import is_torchscript
-
-    return path.is_file() and is_torchscript(path)
-
-
 def bench_cmd(
     models: Annotated[list[str], typer.Argument(help="fp32 model specs and/or ptsq artifacts; the first is the base.")],
     threads: Annotated[str, typer.Option("--threads", help="Thread counts, e.g. 1 or 1,2.")] = "1",
@@ -52,70 +51,103 @@ def bench_cmd(
     allow_different: Annotated[
         bool, typer.Option("--allow-different-outputs", help="Compare models whose outputs differ in shape.")
     ] = False,
+    plot: Annotated[
+        str | None, typer.Option("--plot", help="Write a PNG of latency per model and thread count (matplotlib).")
+    ] = None,
+    no_memory: Annotated[
+        bool, typer.Option("--no-memory", help="Skip peak memory (one child process per model).")
+    ] = False,
     json_out: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
 ) -> None:
     import torch
 
     from ptsq.bench import Candidate, benchmark
-    from ptsq.data.preprocess import parse_size
+    from ptsq.cli._models import load_all
+    from ptsq.data.preprocess import parse_input_sizes
     from ptsq.errors import ConfigError
-    from ptsq.models import load_model
-    from ptsq.quantized import load
 
     out = Output(json_mode=json_out, quiet=quiet)
-    shape: list[int] | None = None
+    thread_list, batch_list = _ints(threads, "threads"), _ints(batch_size, "batch-size")
+    plot_path = None
+    if plot:
+        from ptsq.artifact import check_output_path
+        from ptsq.plot import require_matplotlib
+
+        require_matplotlib()
+        plot_path = check_output_path(plot, force=True)  # fail before minutes of timing
+    shapes: list[list[int]] | None = None  # one per model input, batch dimension first
     cands: list[Candidate] = []
-    for spec in models:
-        path = Path(spec)
-        if _is_artifact(path):
-            art = load(path)
-            cands.append(Candidate(path.name, art.module, path.stat().st_size, kind=f"int8 ({art.manifest['engine']})"))
-            if shape is None and art.input_shapes:
-                shape = list(art.input_shapes[0])
-        else:
-            loaded = load_model(spec, weights=weights, trust_pickle=trust_pickle)
-            size = Path(weights).stat().st_size if weights else None
-            cands.append(Candidate(spec, loaded.model, size, kind="fp32"))
-            if shape is None and loaded.preprocess is not None:
-                shape = list(loaded.preprocess.input_shape())
-    if input_size:
-        h, w = parse_size(input_size)
-        shape = [1, shape[1] if shape else 3, h, w]
-    if shape is None:
+    for item in load_all(models, weights, trust_pickle):
+        cands.append(Candidate(item.label, item.runner, item.size_bytes, kind=item.kind, source=item.source))
+        if shapes is None:
+            every = getattr(item.module, "input_shapes", None)  # an artifact records every input
+            spec = getattr(item.module, "manifest", {}).get("input", {})
+            flat = spec.get("keywords") or all(n.startswith("[") and n.count("[") == 1 for n in spec.get("names", []))
+            if every and flat:
+                shapes = [list(s) for s in every]
+            else:
+                one = item.input_shape or (list(item.preprocess.input_shape()) if item.preprocess else None)
+                shapes = [one] if one else None
+    if input_size:  # one size, or one per input: 3x224x224,3x112x112
+        chans = shapes[0][1] if shapes and len(shapes[0]) == 4 else 3
+        shapes = [[1, *chw] for chw in parse_input_sizes(input_size, chans)]
+    if not shapes:
         raise ConfigError("cannot tell the input size of these models", "pass --input-size, e.g. --input-size 224")
     gen = torch.Generator().manual_seed(0)
-    base = torch.randn(max(_ints(batch_size, "batch-size")), *shape[1:], generator=gen)
+    bases = [torch.randn(max(batch_list), *s[1:], generator=gen) for s in shapes]
 
     def make_inputs(bs: int) -> tuple[Any, ...]:
-        return (base[:bs].contiguous(),)
+        return tuple(b[:bs].contiguous() for b in bases)
 
     res = benchmark(
         cands,
         make_inputs,
-        threads=_ints(threads, "threads"),
-        batch_sizes=_ints(batch_size, "batch-size"),
+        threads=thread_list,
+        batch_sizes=batch_list,
         warmup=warmup,
         runs=runs,
         check_outputs=not allow_different,
         progress=out.progress,
+        memory=not no_memory,
     )
-    out.result({"input_shape": shape, **res.to_dict()}, render)
+    data = {"input_shape": shapes[0], **({"input_shapes": shapes} if len(shapes) > 1 else {}), **res.to_dict()}
+    for m in res.memory:
+        if m.get("error"):
+            out.warn(f"peak memory of '{m['label']}' not measured: {m['error']}")
+    if plot_path is not None:
+        from ptsq.plot import plot_latency
+
+        plot_latency(data, plot_path)
+        data["plot"] = str(plot_path)
+        out.info(f"wrote {plot_path}")
+    out.result(data, render)
 
 
 def render(console: Console, d: dict[str, Any]) -> None:
     m = d["machine"]
     title = f"ptsq bench — {m['cpu']} ({', '.join(m['isa']) or 'no SIMD flags read'}), torch {m['torch']}"
     t = Table(title=title, title_justify="left")
-    for col in ("model", "kind", "threads", "batch", "median ms", "p90 ms", "min ms", "samples/s", "speed-up", "size"):
+    cols = ("model", "kind", "threads", "batch", "median ms", "p90 ms", "mean ms", "min ms", "samples/s", "speed-up",
+            "size", "peak RSS", "above base")  # fmt: skip
+    for col in cols:
         t.add_column(col, justify="right" if col not in ("model", "kind") else "left")
     for r in d["timings"]:
         t.add_row(
             r["label"], r["kind"], str(r["threads"]), str(r["batch_size"]), f"{r['median_ms']:.2f}",
-            f"{r['p90_ms']:.2f}", f"{r['min_ms']:.2f}", f"{r['samples_per_s']:.1f}", f"{r['speedup']:.2f}x",
-            human_bytes(r["size_bytes"]),
+            f"{r['p90_ms']:.2f}", f"{r['mean_ms']:.2f}", f"{r['min_ms']:.2f}", f"{r['samples_per_s']:.1f}",
+            f"{r['speedup']:.2f}x", human_bytes(r["size_bytes"]), _mb(r.get("peak_rss_mb")), _mb(r.get("model_mb")),
         )  # fmt: skip
     console.print(t)
+    console.print(
+        f"{m['cores']} cores, quantized engine {m['quantized_engine']}; input {d['input_shape']}; "
+        "medians of interleaved runs; speed-up is over the first model.",
+        soft_wrap=True,
+    )
+
+
+def _mb(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f} MB"
 
 
 def register(app: typer.Typer) -> None:

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ptsq.cli import _accuracy as acc
 from ptsq.cli import _options as o
 from ptsq.cli._errors import guarded
 from ptsq.cli._output import Output, human_bytes
@@ -23,6 +24,14 @@ Examples:
   ptsq quantize mypkg.models:build_net --weights net.pth --calib faces/ --preset minus1to1 --input-size 112 -o net.pt
 
   ptsq quantize torchvision:mobilenet_v2 --calib images/ -o mnv2.pt --skip name:classifier --json
+
+  ptsq quantize torchvision:mobilenet_v2 --calib images/ -o mnv2.pt --observer mse --no-cleanup equalize
+
+  ptsq quantize torchvision:mobilenet_v2 --calib images/ -o mnv2.pt --min-agreement 0.98 --eval-data photos/
+
+  ptsq quantize torchvision:resnet18 --calib images/ --engine onnx -o resnet18_int8.onnx
+
+  ptsq quantize torchvision:resnet18 --calib images/ --engine auto -o resnet18_int8.bin
 """
 
 
@@ -30,11 +39,22 @@ def quantize_cmd(
     model: Annotated[
         str, typer.Argument(help="torchvision:NAME, package.module:callable, file.py:callable, or a file")
     ],
-    calib: Annotated[str, typer.Option("--calib", "-c", help="Folder of calibration images (searched recursively).")],
     output: Annotated[str, typer.Option("--output", "-o", help="Artifact file to write (.pt).")],
+    calib: Annotated[
+        str | None,
+        typer.Option(
+            "--calib",
+            "-c",
+            help="Folder of calibration images (searched recursively), or a tensor file (.pt/.npy/.npz). "
+            "Required for --mode static.",
+        ),
+    ] = None,
     weights: o.WeightsOpt = None,
     trust_pickle: o.TrustOpt = False,
     backend: Annotated[str, typer.Option("--backend", help="auto | x86 | fbgemm | onednn | qnnpack")] = "auto",
+    engine: Annotated[
+        str, typer.Option("--engine", help="fx | pt2e | onnx | auto (try all, keep the fastest faithful one).")
+    ] = "fx",
     input_size: o.InputSizeOpt = None,
     preset_name: o.PresetOpt = None,
     mean: o.MeanOpt = None,
@@ -60,6 +80,25 @@ def quantize_cmd(
         float,
         typer.Option("--speed-guard", help="Keep a layer fp32 if its int8 kernel is this many times slower; 0 = off."),
     ] = 1.5,
+    mode: Annotated[
+        str, typer.Option("--mode", help="static (calibrated PTQ) | dynamic (Linear/LSTM/GRU) | qat (fine-tune).")
+    ] = "static",
+    train_data: Annotated[
+        str | None, typer.Option("--train-data", help="--mode qat: labelled images, one sub-folder per class.")
+    ] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="--mode qat: fine-tuning epochs.")] = 1,
+    lr: Annotated[float, typer.Option("--lr", help="--mode qat: learning rate (SGD, momentum 0.9).")] = 1e-4,
+    min_cosine: Annotated[
+        float, typer.Option("--min-cosine", help="--mode dynamic: keep layers fp32 until int8 cosine >= this; 0 = off.")
+    ] = 0.99,
+    observer: acc.ObserverOpt = None,
+    cleanup: acc.CleanupOpt = None,
+    no_cleanup: acc.NoCleanupOpt = None,
+    config_file: acc.ConfigOpt = None,
+    max_drop: acc.MaxDropOpt = None,
+    eval_data: acc.EvalDataOpt = None,
+    min_agreement: acc.MinAgreementOpt = None,
+    min_sqnr: acc.MinSqnrOpt = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite OUTPUT if it exists.")] = False,
     json_out: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
@@ -70,6 +109,7 @@ def quantize_cmd(
     from ptsq.api import quantize
     from ptsq.config import QuantConfig
     from ptsq.data.images import CalibrationImages
+    from ptsq.data.tensors import CalibrationTensors, is_tensor_file
     from ptsq.errors import ConfigError
     from ptsq.models import load_model
 
@@ -77,31 +117,62 @@ def quantize_cmd(
     if num_calib < 1 or batch_size < 1:
         raise ConfigError("--num-calib and --batch-size must be at least 1", "e.g. --num-calib 300 --batch-size 32")
     config = QuantConfig(
-        backend=backend, skip=tuple(skip or ()), per_channel=not per_tensor, strict=strict, seed=seed,
-        speed_guard=speed_guard,
+        engine=engine, backend=backend, skip=tuple(skip or ()), per_channel=not per_tensor, strict=strict, seed=seed,
+        speed_guard=speed_guard, mode=mode,
     )  # fmt: skip
+    config = acc.build_config(config, config_file, observer, cleanup, no_cleanup)
+    acc.check_budget(max_drop, min_agreement, min_sqnr, eval_data)
+    if mode == "static" and not calib:
+        raise ConfigError("--mode static needs calibration data (--calib)", "pass --calib DIR, or use --mode dynamic")
     target = artifact.check_output_path(output, force)
     t0 = time.perf_counter()
     loaded = load_model(model, weights=weights, trust_pickle=trust_pickle)
     pre = o.resolve_preprocess(loaded.preprocess, preset_name, input_size, mean, std, scale, channels, crop_pct)
-    images = CalibrationImages(calib, pre, num=num_calib, batch_size=batch_size, seed=seed, max_images=max_images)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        qm = quantize(loaded.model, images, config=config, progress=out.progress, preprocess=pre)
-    skipped = images.skipped_warning()
-    if skipped:
-        out.warn(skipped)
-    for w in caught:
-        if w.category.__name__ == "QuantizationWarning":
-            out.warn(str(w.message))
-    qm.manifest["calibration"].update(images.summary())
+    from ptsq.cli import _modes
+
+    advice = _modes.advice_for(loaded.model, pre, mode)
+    if advice:
+        out.warn(advice)
+    if mode != "static":
+        qm = _modes.run(mode, loaded.model, pre, config, out, calib=calib, num_calib=num_calib,
+                        batch_size=batch_size, seed=seed, max_images=max_images, train_data=train_data,
+                        epochs=epochs, lr=lr, min_cosine=min_cosine)  # fmt: skip
+    else:
+        assert calib is not None
+        images: CalibrationImages | CalibrationTensors
+        if is_tensor_file(calib):  # already-preprocessed inputs; record the preprocessing only if it fits them
+            images = CalibrationTensors(calib, num=num_calib, batch_size=batch_size, seed=seed)
+            pre = pre if images.sample_shape == tuple(pre.input_shape()[1:]) else None
+        else:
+            images = CalibrationImages(
+                calib, pre, num=num_calib, batch_size=batch_size, seed=seed, max_images=max_images
+            )
+        out.info(f"quantizing {model} with calibration data from {calib}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if acc.budget_requested(max_drop, min_agreement, min_sqnr):
+                qm = acc.run_budget(loaded.model, images, config, pre, out, max_drop=max_drop,
+                                    min_agreement=min_agreement, min_sqnr=min_sqnr, eval_data=eval_data,
+                                    batch_size=batch_size, max_images=max_images)  # fmt: skip
+            else:
+                qm = quantize(loaded.model, images, config=config, progress=out.progress, preprocess=pre)
+        skipped = images.skipped_warning()
+        if skipped:
+            out.warn(skipped)
+        for w in caught:
+            if w.category.__name__ == "QuantizationWarning":
+                out.warn(str(w.message))
+        qm.manifest["calibration"].update(images.summary())
     qm.manifest["model"] = {"spec": model, "weights_sha256": loaded.weights_sha256}
     qm.save(target, force=force)
     buf = io.BytesIO()
     torch.save(loaded.model.state_dict(), buf)
     data: dict[str, Any] = {
         "output": str(target),
+        "mode": mode,
+        **({"training": qm.manifest["training"]} if "training" in qm.manifest else {}),
         **qm.summary(),
+        **({"budget": qm.manifest["budget"]} if "budget" in qm.manifest else {}),
         "fp32_bytes": buf.tell(),
         "seconds": round(time.perf_counter() - t0, 2),
     }
@@ -114,17 +185,27 @@ def render(console: Console, d: dict[str, Any]) -> None:
     t = Table(title=f"ptsq quantize → {d['output']}", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
-    t.add_row("engine / backend", f"{d['engine']} / {d['backend']}")
+    t.add_row("engine / backend", f"{d['engine']} / {d['backend']}" + (f" ({d['mode']})" if d.get("mode") else ""))
     t.add_row("layers", f"{d['layers']['int8']} int8, {d['layers']['fp32']} fp32")
     t.add_row("size", f"fp32 {human_bytes(d['fp32_bytes'])} → int8 {human_bytes(d['int8_bytes'])} ({d['size_ratio']}x)")
     cal = d["calibration"]
     skipped = f", {cal.get('skipped', 0)} skipped" if cal.get("skipped") else ""
-    t.add_row("calibration", f"{cal.get('samples')} images from {cal.get('source', '?')}{skipped}")
-    check = f"SQNR {c['sqnr_db']:.1f} dB, cosine {c['cosine']:.4f}"
+    if d.get("mode", "static") == "static":
+        t.add_row("calibration", f"{cal.get('samples')} images from {cal.get('source', '?')}{skipped}")
+    else:
+        t.add_row("calibration", str(cal.get("source", "-")))
+    if d.get("training"):
+        last = d["training"]["epochs"][-1] if d["training"]["epochs"] else {}
+        t.add_row("QAT", f"{d['training']['steps']} steps, last epoch loss {last.get('loss', 0):.3f} acc "
+                         f"{last.get('accuracy', 0):.3f}")  # fmt: skip
+    if c.get("sqnr_db") is None:  # variable-size outputs (detections): not compared element-wise
+        check = "not compared: the outputs vary in size (see notes)"
+    else:
+        check = f"SQNR {c['sqnr_db']:.1f} dB, cosine {c['cosine']:.4f}"
     if c.get("top1_agreement") is not None:
         check += f", top-1 agreement {c['top1_agreement']:.3f}"
     check += f" on {c['samples']} held-back samples" if c.get("held_out") else f" on {c['samples']} samples"
-    t.add_row("int8 vs fp32", ("" if c.get("passed") else "[red]POOR[/red] ") + check)
+    t.add_row("int8 vs fp32", ("" if c.get("passed") is not False else "[red]POOR[/red] ") + check)
     t.add_row("time", f"{d['seconds']} s")
     console.print(t)
     if d["fp32_layers"]:
@@ -137,9 +218,28 @@ def render(console: Console, d: dict[str, Any]) -> None:
         console.print(f)
     for note in d.get("notes", []):
         console.print(f"note: {note}", soft_wrap=True)
+    if d.get("budget"):
+        acc.render_budget(console, d["budget"])
+    if d.get("auto"):
+        render_auto(console, d["auto"])
+
+
+def render_auto(console: Console, a: dict[str, Any]) -> None:
+    title = f"--engine auto: batch 1, {a['threads']} thread(s), fp32 eager {a['fp32_median_ms']:.2f} ms"
+    t = Table(title=title, title_justify="left")
+    for col in ("engine", "status", "SQNR dB", "int8/fp32 layers", "median ms", "speed-up", "size", "note"):
+        t.add_column(col)
+    for r in a["engines"]:
+        ms = f"{r['median_ms']:.2f}" if r.get("median_ms") is not None else "-"
+        sp = f"{r['speedup']:.2f}x" if r.get("speedup") is not None else "-"
+        layers = f"{r['int8_layers']}/{r['fp32_layers']}" if "int8_layers" in r else "-"
+        sq = f"{r['sqnr_db']:.1f}" if "sqnr_db" in r else "-"
+        note = "chosen" if r.get("chosen") else r.get("why", "")
+        t.add_row(r["engine"], r["status"], sq, layers, ms, sp, human_bytes(r.get("bytes")), note)
+    console.print(t)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("quantize", help="Quantize a model to int8 (FX graph mode, static).\n" + EXAMPLES)(
+    app.command("quantize", help="Quantize a model to int8 (static; engines fx, pt2e, onnx or auto).\n" + EXAMPLES)(
         guarded(quantize_cmd)
     )

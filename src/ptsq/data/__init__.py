@@ -1,16 +1,20 @@
-"""Calibration and evaluation data: preprocessing specs and folders of images."""
+"""Calibration and evaluation data: preprocessing specs, folders of images and tensor files."""
 
 from ptsq.data.images import IMAGE_EXTENSIONS, CalibrationImages, ImageFolder, decode_image, find_images
 from ptsq.data.preprocess import PRESETS, Preprocess, parse_floats, parse_size, preset
+from ptsq.data.tensors import TENSOR_EXTENSIONS, CalibrationTensors, is_tensor_file
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "PRESETS",
+    "TENSOR_EXTENSIONS",
     "CalibrationImages",
+    "CalibrationTensors",
     "ImageFolder",
     "Preprocess",
     "decode_image",
     "find_images",
+    "is_tensor_file",
     "parse_floats",
     "parse_size",
     "preset",

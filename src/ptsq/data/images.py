@@ -151,10 +151,7 @@ def decode_image(path: str | Path, pre: Preprocess) -> torch.Tensor:
 
 def _decode_error(path: Path, reason: str, hint: str) -> ImageDecodeError:
     reason = " ".join(reason.split())  # keep the message on one line
-    err = ImageDecodeError(f"cannot read image '{path}': {reason}", hint)
-    err.path = path  # type: ignore[attr-defined]
-    err.reason = reason  # type: ignore[attr-defined]
-    return err
+    return ImageDecodeError(f"cannot read image '{path}': {reason}", hint, path=path, reason=reason)
 
 
 def _load(path: Path) -> Image.Image:
@@ -164,8 +161,13 @@ def _load(path: Path) -> Image.Image:
     except OSError as exc:
         raise _decode_error(path, f"cannot open file ({exc.strerror or exc})", "check the file is readable") from None
     with fh:
-        head = fh.read(512)
-        nbytes = os.fstat(fh.fileno()).st_size
+        try:
+            head = fh.read(512)
+            nbytes = os.fstat(fh.fileno()).st_size
+        except OSError as exc:  # bad sector, dropped network mount, special file
+            raise _decode_error(
+                path, f"cannot read file ({exc.strerror or exc})", "check the file is readable"
+            ) from None
         if nbytes == 0:
             raise _decode_error(path, "zero-byte file", "remove the empty file or replace it with the real image")
         fh.seek(0)
@@ -409,7 +411,7 @@ class CalibrationImages:
             try:
                 batch.append(decode_image(path, self.pre))
             except ImageDecodeError as exc:
-                self.skipped.append((path, getattr(exc, "reason", str(exc))))
+                self.skipped.append((path, exc.reason))
             done += 1
             if len(batch) == self.batch_size:
                 yield self._emit(batch, done)

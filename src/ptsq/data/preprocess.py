@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ptsq.errors import ConfigError
+from ptsq.errors import ConfigError, first_line
 
 CHANNEL_ORDERS = ("rgb", "bgr", "gray")
 
@@ -29,6 +29,19 @@ class Preprocess:
     preset: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        try:
+            self._validate()
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:  # wrong types from a dict or a manifest
+            raise ConfigError(
+                f"invalid preprocessing value ({type(exc).__name__}: {first_line(exc, 80)})",
+                "size: [h, w] integers; crop_pct, scale: numbers; mean, std: lists of numbers; channels: rgb|bgr|gray",
+            ) from None
+
+    def _validate(self) -> None:
+        if isinstance(self.size, (str, bytes)) or not hasattr(self.size, "__iter__"):
+            raise ConfigError(f"input size {self.size!r} is invalid", "give [height, width], e.g. [224, 224]")
         size = tuple(int(s) for s in self.size)
         if len(size) != 2 or min(size) < 1 or max(size) > 8192:
             raise ConfigError(
@@ -84,12 +97,14 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        if not isinstance(d, dict):
+            raise ConfigError(f"preprocessing must be a dictionary, not {type(d).__name__}", "see Preprocess.to_dict()")
         known = {"size", "crop_pct", "scale", "mean", "std", "channels", "preset"}
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"unknown preprocessing keys: {sorted(unknown)}", f"known keys: {sorted(known)}")
         kw = dict(d)
-        if "size" in kw:
+        if isinstance(kw.get("size"), (list, tuple)):
             kw["size"] = tuple(kw["size"])
         return cls(**kw)
 
@@ -123,6 +138,23 @@ def preset(name: str, **overrides: Any) -> Preprocess:
     kw: dict[str, Any] = dict(PRESETS[key])
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return Preprocess(preset=key, **kw)
+
+
+def parse_input_sizes(text: str, channels: int = 3) -> list[tuple[int, int, int]]:
+    """Per-input sizes as (C, H, W): ``3x224x224,3x112x112`` (several inputs: comma-separated, each
+    with an ``x``), or one input as :func:`parse_size` reads it (``224``, ``240,320``, ``3x224x224``)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if len(parts) < 2 or not all("x" in p.lower() for p in parts):
+        parts = [text]
+    shapes = []
+    for part in parts:
+        h, w = parse_size(part)
+        dims = [d for d in part.lower().replace("*", "x").split("x") if d.strip()]
+        c = int(dims[0]) if len(dims) == 3 and dims[0].strip().isdigit() else channels
+        if not 1 <= c <= 64:
+            raise ConfigError(f"input size {part!r} has {c} channels", "use e.g. 3x224x224 (1..64 channels)")
+        shapes.append((c, h, w))
+    return shapes
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ptsq.engines.base import Engine
 
 # engine name -> module that registers it (imported lazily: engines pull in heavy dependencies)
-_BUILTIN = {"fx": "ptsq.engines.fx"}
+_BUILTIN = {"fx": "ptsq.engines.fx", "pt2e": "ptsq.engines.pt2e", "onnx": "ptsq.engines.onnx"}
 _REGISTRY: dict[str, Engine] = {}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import linecache
 import os
+import sysconfig
 import traceback
 from dataclasses import dataclass
 from types import TracebackType
@@ -20,6 +21,17 @@ from ptsq.engines.keep_float import KeepFloat
 from ptsq.errors import first_line
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
+_STDLIB = sysconfig.get_paths()["stdlib"]
+# Library code a forward may call into: the failing line reported is the user's call, not theirs.
+_LIBRARIES = ("torch", "numpy", "scipy", "ptsq.engines", "typing_extensions")
+
+
+def _is_user_code(module: str, fname: str) -> bool:
+    if fname.startswith(_TORCH_DIR) or "ptsq" + os.sep + "engines" in fname or fname.startswith("<"):
+        return False
+    if module.split(".")[0] in _LIBRARIES or module.startswith(_LIBRARIES):
+        return False
+    return not (fname.startswith(_STDLIB) and "site-packages" not in fname)
 
 
 @dataclass
@@ -50,7 +62,7 @@ def locate(exc: BaseException, model: nn.Module) -> TraceFailure:
         if isinstance(owner, nn.Module) and id(owner) in names and frame.f_code.co_name == "forward":
             module = names[id(owner)]
         fname = frame.f_code.co_filename
-        if not fname.startswith(_TORCH_DIR) and "ptsq" + os.sep + "engines" not in fname:
+        if _is_user_code(frame.f_globals.get("__name__", ""), fname):
             code = linecache.getline(fname, lineno).strip()
             location = f"{fname}:{lineno}: {code}"
     return TraceFailure(module=module, error=f"{type(exc).__name__}: {first_line(exc)}", location=location)

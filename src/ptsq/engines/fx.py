@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from ptsq.algorithms.bias_correction import InputMeans, correct_biases
+from ptsq.algorithms.observers import activation_observers
 from ptsq.backends import activate, qconfig_name
 from ptsq.config import QuantConfig
 from ptsq.engines import register
@@ -26,6 +28,7 @@ from ptsq.engines.fx_cleanup import clamp_ranges, cleanup
 from ptsq.engines.fx_speed import slow_layers
 from ptsq.engines.keep_float import KeepFloat, broken_kernels, wrap_modules
 from ptsq.errors import ConfigError, QuantizationError, TraceError
+from ptsq.reproducible import pin_serialization_id
 
 MANIFEST_NAME = "ptsq_manifest.json"
 MAX_FALLBACKS = 64
@@ -88,14 +91,28 @@ def _capture(model: nn.Module, strict: bool) -> list[str]:
             where = f"module '{failure.module}'" if failure.module else "the model's top-level forward"
             hint = (
                 "move the untraceable code into a submodule (ptsq keeps such submodules in fp32), "
-                "avoid Python control flow on tensor values, or wrap plain functions with torch.fx.wrap"
+                "avoid Python control flow on tensor values, wrap plain functions with torch.fx.wrap, "
+                "or try --engine pt2e (torch.export) or --engine onnx"
             )
             if strict and failure.module:
                 hint = "drop --strict to keep untraceable submodules in fp32 and quantize the rest"
-            raise TraceError(f"FX cannot trace {where}: {failure.describe()}", hint)
-        wrap_modules(model, {failure.module: f"cannot be traced ({failure.error})"})
+            err = TraceError(f"FX cannot trace {where}: {failure.describe()}", hint)
+            err.failure = failure if not strict else None  # type: ignore[attr-defined]  # fx_split retries
+            raise err
+        wrap_modules(model, {failure.module: f"cannot be traced: {failure.describe()}"})
         notes.append(f"'{failure.module}' kept in fp32: FX cannot trace it: {failure.describe()}")
     raise TraceError("too many untraceable submodules", "try --engine pt2e or simplify the model's forward")
+
+
+def _views_to_reshapes(gm: fx.GraphModule) -> None:
+    """``x.view(n, -1)`` fails on the channels-last outputs of quantized convs; ``reshape`` copies then."""
+    changed = False
+    for node in gm.graph.nodes:
+        if node.op == "call_method" and node.target == "view":
+            node.target = "reshape"
+            changed = True
+    if changed:
+        gm.recompile()
 
 
 def _op_label(node: fx.Node, gm: fx.GraphModule) -> str:
@@ -185,7 +202,18 @@ class FxEngine:
                     if type(mod) is cls:
                         fallback.setdefault(name, reason)
         wrap_modules(work, _outermost(fallback))
-        notes.extend(_capture(work, config.strict))
+        try:
+            notes.extend(_capture(work, config.strict))
+        except TraceError as exc:  # the top-level forward is untraceable: quantize what it calls
+            if getattr(exc, "failure", None) is None:
+                raise
+            from ptsq.engines.fx_split import quantize_split
+
+            ctx = _quiet()
+            try:
+                return quantize_split(work, calibrate, example_args, config, backend, exc.failure, notes)  # type: ignore[attr-defined]
+            finally:
+                ctx.__exit__(None, None, None)
         work, cleaned = cleanup(work, config.cleanup)
         notes.extend(cleaned)
         if config.speed_guard > 0:
@@ -198,6 +226,7 @@ class FxEngine:
         if not config.per_channel:
             base = get_default_qconfig(qconfig_name(backend))
             qmap = qmap.set_global(QConfig(activation=base.activation, weight=default_weight_observer))
+        qmap = activation_observers(qmap, config.observer)
         qmap = qmap.set_object_type(KeepFloat, None)
         custom = PrepareCustomConfig().set_non_traceable_module_classes([KeepFloat])
 
@@ -209,8 +238,16 @@ class FxEngine:
                 raise QuantizationError(
                     f"prepare_fx failed: {exc}".splitlines()[0], "report this model to ptsq"
                 ) from exc
-            with torch.no_grad():
-                calibrate(prepared)
+            _views_to_reshapes(prepared)
+            means = InputMeans(prepared) if "bias-correction" in config.cleanup else None
+            try:
+                with torch.no_grad():
+                    calibrate(prepared)
+            finally:
+                if means is not None:
+                    means.remove()
+            if means is not None and (n := correct_biases(means, qmap.global_qconfig.weight)):
+                notes.append(f"bias correction: {n} conv/linear biases corrected for int8 weight rounding")
             if "clamp-ranges" in config.cleanup and (n := clamp_ranges(prepared)):
                 notes.append(f"clean-up: {n} activations quantized over their ReLU6/clamp range")
             observed = copy.deepcopy(prepared)
@@ -252,7 +289,9 @@ class FxEngine:
             ctx.__exit__(None, None, None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # jit.save deprecation: TorchScript is the artifact
-            torch.jit.save(scripted, str(path), _extra_files={MANIFEST_NAME: manifest_json.encode()})
+            buf = io.BytesIO()  # in memory: a fixed archive name, and a full disk raises OSError (see reproducible.py)
+            torch.jit.save(scripted, buf, _extra_files={MANIFEST_NAME: manifest_json.encode()})
+        Path(path).write_bytes(pin_serialization_id(buf.getvalue()))
         return scripted
 
     def can_load(self, path: Path) -> bool:

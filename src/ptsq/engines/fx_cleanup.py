@@ -6,9 +6,13 @@ Steps (each switchable, each reported):
   backend's conv kernels, fusions and per-channel observers apply to them.
 - ``fold-pad``: a symmetric zero pad feeding a conv becomes the conv's own padding.
 - ``fold-bn``: BatchNorm after a conv or linear is folded into its weights.
+- ``equalize``: cross-layer equalization of conv/linear pairs joined only by scale-equivariant ops
+  (:mod:`ptsq.algorithms.equalization`; never across ReLU6/clamp, which are not).
 - ``clamp-ranges`` (after calibration, see :func:`clamp_ranges`): a value that only feeds
   ReLU6 / hardtanh / clamp is quantized over the activation's range, so saturation does the clamp and
   no bits are spent on values the activation throws away.
+- ``bias-correction`` (during calibration and before convert, :mod:`ptsq.algorithms.bias_correction`):
+  each conv/linear bias absorbs the mean output shift its int8 weights cause on the calibration data.
 The fp32 outputs before and after the graph rewrites agree to float rounding (tested).
 """
 
@@ -23,8 +27,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from ptsq.engines.capture import LeafTracer
 
-STEPS = ("conv-modules", "fold-pad", "fold-bn", "clamp-ranges")
-GRAPH_STEPS = STEPS[:3]
+STEPS = ("conv-modules", "fold-pad", "fold-bn", "equalize", "clamp-ranges", "bias-correction")
+GRAPH_STEPS = STEPS[:4]
 
 _CONV_FUNCS = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, torch.conv1d: nn.Conv1d, torch.conv2d: nn.Conv2d}
 _LINEAR_FUNCS = {F.linear, torch._C._nn.linear}
@@ -99,8 +103,8 @@ def _conv_modules(gm: fx.GraphModule) -> int:
         if weight is None or (bias_node is not None and bias is None):
             continue  # weights computed at run time: leave the op alone
         if is_conv:
-            stride, padding, dilation, groups = (_arg(node, i, n, d) for i, n, d in
-                                                 ((3, "stride", 1), (4, "padding", 0), (5, "dilation", 1), (6, "groups", 1)))  # fmt: skip
+            spec = ((3, "stride", 1), (4, "padding", 0), (5, "dilation", 1), (6, "groups", 1))
+            stride, padding, dilation, groups = (_arg(node, i, n, d) for i, n, d in spec)
             if any(isinstance(v, fx.Node) for v in (stride, padding, dilation, groups)):
                 continue
             cls = _CONV_FUNCS[node.target]
@@ -174,6 +178,12 @@ def _fold_bn(gm: fx.GraphModule) -> int:
     return count
 
 
+def _equalize(gm: fx.GraphModule) -> int:
+    from ptsq.algorithms.equalization import equalize
+
+    return equalize(gm)
+
+
 def cleanup(model: nn.Module, steps: tuple[str, ...]) -> tuple[nn.Module, list[str]]:
     """Trace ``model`` and apply the graph steps; returns (GraphModule or the model, notes)."""
     wanted = [s for s in GRAPH_STEPS if s in steps]
@@ -185,6 +195,7 @@ def cleanup(model: nn.Module, steps: tuple[str, ...]) -> tuple[nn.Module, list[s
         "conv-modules": ("functional convs/linears on fixed weights turned into modules", _conv_modules),
         "fold-pad": ("symmetric zero pads folded into the following conv", _fold_pads),
         "fold-bn": ("BatchNorms folded into the preceding conv/linear", _fold_bn),
+        "equalize": ("conv/linear pairs equalized across layers", _equalize),
     }
     for step in wanted:
         what, fn = done[step]
@@ -231,6 +242,8 @@ def clamp_ranges(prepared: fx.GraphModule) -> int:
     """
     from torch.ao.quantization.observer import MinMaxObserver, ObserverBase
 
+    from ptsq.algorithms.observers import chosen_range
+
     count = 0
     owners: dict[int, list[str]] = {}
     for name, mod in prepared.named_children():
@@ -247,12 +260,15 @@ def clamp_ranges(prepared: fx.GraphModule) -> int:
         hi = max(r[1] for r in ranges)  # type: ignore[index]
         if float(obs.min_val) >= lo and float(obs.max_val) <= hi:
             continue  # already inside: nothing to gain
+        chosen = chosen_range(obs)  # what the observer would pick (histogram/MSE/... may clip further)
+        if chosen is None:
+            continue
         new = MinMaxObserver(
             dtype=obs.dtype, qscheme=obs.qscheme, reduce_range=getattr(obs, "reduce_range", False),
             quant_min=obs.quant_min, quant_max=obs.quant_max,
         )  # fmt: skip
-        new.min_val = torch.tensor(max(float(obs.min_val), lo))
-        new.max_val = torch.tensor(min(float(obs.max_val), hi))
+        new.min_val = torch.tensor(max(chosen[0], lo))
+        new.max_val = torch.tensor(max(min(chosen[1], hi), float(new.min_val) + 1e-6))
         for attr in owners.get(id(obs), []):
             setattr(prepared, attr, new)
         count += 1

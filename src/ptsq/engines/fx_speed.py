@@ -9,7 +9,6 @@ input shape, on this machine, before calibration; a layer slower by more than ``
 from __future__ import annotations
 
 import functools
-import statistics
 import time
 import warnings
 from typing import Any
@@ -20,14 +19,21 @@ from torch import nn
 _TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
-def _median_ms(fn: Any, x: torch.Tensor, runs: int) -> float:
-    fn(x)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
+def _min_ms(fns: list[Any], args: list[torch.Tensor], runs: int) -> list[float]:
+    """Fastest time of each fn over ``runs`` interleaved calls.
+
+    The minimum, not the median: other processes can only add time, so on a loaded machine the
+    fastest run is the best estimate of a kernel's own cost; interleaving exposes both to the same load.
+    """
+    for fn, x in zip(fns, args):
         fn(x)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000.0
+    best = [float("inf")] * len(fns)
+    for _ in range(runs):
+        for i, (fn, x) in enumerate(zip(fns, args)):
+            t0 = time.perf_counter()
+            fn(x)
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return [b * 1000.0 for b in best]
 
 
 def _key(mod: nn.Module, shape: tuple[int, ...]) -> tuple[Any, ...]:
@@ -56,11 +62,10 @@ def _ratio(key: tuple[Any, ...], backend: str) -> float:
         prepared(x)
         q = getattr(convert_fx(prepared), "0")
     qx = torch.quantize_per_tensor(x, float(x.abs().max()) / 127 + 1e-8, 128, torch.quint8)
-    runs = 7 if x.numel() < 2_000_000 else 3
+    runs = 15 if x.numel() < 2_000_000 else 5
     with torch.inference_mode():
-        fp = [_median_ms(mod, x, runs) for _ in range(2)]
-        i8 = [_median_ms(q, qx, runs) for _ in range(2)]
-    return min(i8) / max(min(fp), 1e-6)
+        fp_ms, i8_ms = _min_ms([mod, q], [x, qx], runs)
+    return i8_ms / max(fp_ms, 1e-6)
 
 
 def slow_layers(model: nn.Module, example_args: tuple[Any, ...], backend: str, margin: float) -> dict[str, str]:
@@ -84,7 +89,10 @@ def slow_layers(model: nn.Module, example_args: tuple[Any, ...], backend: str, m
     slow: dict[str, str] = {}
     for name, shape in shapes.items():
         try:
-            ratio = _ratio(_key(model.get_submodule(name), shape), backend)
+            key = _key(model.get_submodule(name), shape)
+            ratio = _ratio(key, backend)
+            if ratio > margin:  # a slow verdict must survive a second, independent measurement
+                ratio = min(ratio, _ratio.__wrapped__(key, backend))
         except Exception:  # a layer the backend cannot quantize alone: nothing to compare
             continue
         if ratio > margin:

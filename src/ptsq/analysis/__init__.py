@@ -1,0 +1,1 @@
+"""Accuracy analysis: per-layer sensitivity (:mod:`.sensitivity`) and the accuracy budget (:mod:`.budget`)."""

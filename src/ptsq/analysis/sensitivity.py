@@ -1,0 +1,221 @@
+"""Per-layer sensitivity of an int8 model: which layers move the output, and what keeping each in fp32 buys.
+
+Quantize once, then for every int8 conv/linear:
+- ``layer_sqnr_db``: the SQNR of its int8 output against the fp32 value at the same point of the
+  calibrated fp32 graph (errors accumulated from earlier layers included);
+- ``solo_fp32_sqnr_db``: the SQNR of the model's final output when that one layer alone runs in fp32
+  (dequantize -> fp32 layer -> quantize with the int8 layer's own output scale), everything else int8.
+  This reuses the calibrated observers: no re-calibration per layer, one int8 forward per layer;
+- ``gain_db``: solo_fp32_sqnr_db minus the all-int8 SQNR. Layers are ranked by it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ptsq.calibration import as_args, batch_size
+from ptsq.config import QuantConfig
+from ptsq.errors import DataError
+from ptsq.fidelity import FidelityMeter, sqnr_db
+
+MIN_GAIN_DB = 1.0  # a layer is worth keeping in fp32 only if it lifts the output SQNR this much
+
+
+class FloatLayer(nn.Module):
+    """Run ``inner`` (a float conv/linear, possibly fused with its activation) between dequantize and quantize."""
+
+    def __init__(self, inner: nn.Module, scale: float, zero_point: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.inner = inner
+        self.scale = float(scale)
+        self.zero_point = int(zero_point)
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x.dequantize() if x.is_quantized else x)
+        return torch.quantize_per_tensor(y, self.scale, self.zero_point, self.dtype)
+
+
+def swappable_layers(converted: nn.Module, observed: nn.Module) -> list[str]:
+    """Names of int8 modules (with an output scale) whose float version the observed model holds."""
+    names = []
+    for name, mod in converted.named_modules():
+        if not name or not hasattr(mod, "scale") or not hasattr(mod, "zero_point") or not hasattr(mod, "weight"):
+            continue
+        try:
+            ref = observed.get_submodule(name)
+        except AttributeError:
+            continue
+        if any(p.is_floating_point() for p in ref.parameters(recurse=True)):
+            names.append(name)
+    return names
+
+
+def _float_copy(observed: nn.Module, name: str) -> nn.Module:
+    mod = copy.deepcopy(observed.get_submodule(name))
+    for sub in list(mod.modules()):  # drop observers hanging off the float module
+        for child_name, child in list(sub.named_children()):
+            if "activation_post_process" in child_name or type(child).__name__.endswith("Observer"):
+                setattr(sub, child_name, nn.Identity())
+    return mod.eval()
+
+
+def with_float_layers(converted: nn.Module, observed: nn.Module, names: Iterable[str]) -> nn.Module:
+    """A copy of ``converted`` where the named int8 layers run in fp32 (same quantized interfaces)."""
+    model = copy.deepcopy(converted)
+    for name in names:
+        q = model.get_submodule(name)
+        dtype = torch.quint8
+        parent, _, leaf = name.rpartition(".")
+        holder = model.get_submodule(parent) if parent else model
+        setattr(holder, leaf, FloatLayer(_float_copy(observed, name), float(q.scale), int(q.zero_point), dtype))
+    return model
+
+
+@dataclass
+class LayerSensitivity:
+    name: str
+    op: str
+    layer_sqnr_db: float
+    solo_fp32_sqnr_db: float
+    gain_db: float
+
+
+@dataclass
+class SensitivityReport:
+    baseline_sqnr_db: float
+    baseline_agreement: float | None
+    samples: int
+    layers: list[LayerSensitivity] = field(default_factory=list)  # ranked, most harmful first
+    keep_fp32: list[str] = field(default_factory=list)
+    keep_fp32_sqnr_db: float | None = None  # final SQNR with all of keep_fp32 in fp32 together
+
+    def skip_options(self) -> str:
+        return " ".join(f"--skip name:{n}" for n in self.keep_fp32)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["skip_options"] = self.skip_options()
+        return _finite(d)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else (round(obj, 3) if math.isfinite(obj) else (999.0 if obj > 0 else -999.0))
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _outputs(model: Callable[..., Any], batches: Sequence[tuple[Any, ...]]) -> list[Any]:
+    with torch.inference_mode():
+        return [model(*args) for args in batches]
+
+
+def _score(ref: list[Any], got: list[Any]) -> tuple[float, float | None]:
+    meter = FidelityMeter()
+    for r, g in zip(ref, got):
+        meter.update(r, g)
+    fid = meter.result()
+    return fid.sqnr_db, fid.top1_agreement
+
+
+def layer_sqnrs(
+    observed: nn.Module, converted: nn.Module, names: Sequence[str], batches: Sequence[tuple[Any, ...]]
+) -> dict[str, float]:
+    """SQNR of each named layer's int8 output against the fp32 output at the same point."""
+    from ptsq.selfcheck import _capture
+
+    ref: dict[str, list[torch.Tensor]] = {}
+    got: dict[str, list[torch.Tensor]] = {}
+    for args in batches:
+        for n, t in _capture(observed, names, args).items():
+            ref.setdefault(n, []).append(t.reshape(-1))
+        for n, t in _capture(converted, names, args).items():
+            got.setdefault(n, []).append(t.reshape(-1))
+    out = {}
+    for n in names:
+        if n in ref and n in got and sum(t.numel() for t in ref[n]) == sum(t.numel() for t in got[n]):
+            out[n] = sqnr_db(torch.cat(ref[n]), torch.cat(got[n]))
+    return out
+
+
+def rank_layers(
+    fp32: nn.Module,
+    converted: nn.Module,
+    observed: nn.Module,
+    batches: Sequence[tuple[Any, ...]],
+    ops: dict[str, str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[float, float | None, list[LayerSensitivity]]:
+    """(all-int8 SQNR, agreement, layers ranked by what keeping each alone in fp32 gains)."""
+    ref = _outputs(fp32, batches)
+    base, agree = _score(ref, _outputs(converted, batches))
+    names = swappable_layers(converted, observed)
+    per_layer = layer_sqnrs(observed, converted, names, batches)
+    rows = []
+    for name in names:
+        solo, _ = _score(ref, _outputs(with_float_layers(converted, observed, [name]), batches))
+        op = (ops or {}).get(name) or type(converted.get_submodule(name)).__name__
+        rows.append(LayerSensitivity(name, op, per_layer.get(name, math.nan), solo, solo - base))
+        if progress:
+            progress(1)
+    rows.sort(key=lambda r: (-r.gain_db if math.isfinite(r.gain_db) else -1e9, r.layer_sqnr_db))
+    return base, agree, rows
+
+
+def choose_fp32(rows: Sequence[LayerSensitivity], top: int = 3, min_gain_db: float = MIN_GAIN_DB) -> list[str]:
+    """The layers worth keeping in fp32: the top few whose gain is at least ``min_gain_db``."""
+    return [r.name for r in rows[:top] if r.gain_db >= min_gain_db]
+
+
+def analyze(
+    model: nn.Module,
+    calibration: Iterable[Any],
+    *,
+    config: QuantConfig | None = None,
+    transform: Callable[[Any], Any] | None = None,
+    top: int = 3,
+    min_gain_db: float = MIN_GAIN_DB,
+    progress: bool = False,
+) -> SensitivityReport:
+    """Quantize ``model`` once and rank its int8 layers by sensitivity on the calibration data.
+
+    The calibration batches are all used for calibration; the ranking is measured on the last
+    ``config.check_batches`` of them (at least one), as the self-check does.
+    """
+    from ptsq.api import quantize
+
+    config = config or QuantConfig()
+    batches = [as_args(transform(b) if transform else b) for b in calibration]
+    if not batches:
+        raise DataError("the calibration data is empty", "give a folder with at least one image")
+    qm = quantize(model, batches, config=config, progress=progress)
+    observed = qm.result.debug.get("observed")
+    if observed is None:
+        raise DataError("this engine does not expose its calibrated fp32 graph", "use --engine fx")
+    measure = batches[-max(1, config.check_batches) :]
+    ops = {r.name: r.op for r in qm.result.precision}
+    was = model.training
+    model.eval()
+    try:
+        base, agree, rows = rank_layers(model, qm.result.module, observed, measure, ops)
+        keep = choose_fp32(rows, top, min_gain_db)
+        together = None
+        if keep:
+            together, _ = _score(
+                _outputs(model, measure), _outputs(with_float_layers(qm.result.module, observed, keep), measure)
+            )
+    finally:
+        model.train(was)
+    samples = sum(batch_size(a) for a in measure)
+    return SensitivityReport(base, agree, samples, rows, keep, together)

@@ -1,0 +1,128 @@
+"""ptsq analyze: per-layer sensitivity of the int8 model, and the --skip options that fix the worst layers."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ptsq.cli import _accuracy as acc
+from ptsq.cli import _options as o
+from ptsq.cli._errors import guarded
+from ptsq.cli._output import Output
+
+EXAMPLES = """
+Examples:
+
+  ptsq analyze torchvision:resnet18 --weights resnet18.pth --calib images/
+
+  ptsq analyze examples.reference.imagenet:efficientnet_lite0 --calib photos/ --preset effnet-lite --plot layers.png
+
+  ptsq analyze mypkg.models:build_net --weights net.pth --calib images/ --json
+"""
+
+
+def analyze_cmd(
+    model: Annotated[
+        str, typer.Argument(help="torchvision:NAME, package.module:callable, file.py:callable, or a file")
+    ],
+    calib: Annotated[str, typer.Option("--calib", "-c", help="Folder of calibration images (searched recursively).")],
+    weights: o.WeightsOpt = None,
+    trust_pickle: o.TrustOpt = False,
+    backend: Annotated[str, typer.Option("--backend", help="auto | x86 | fbgemm | onednn | qnnpack")] = "auto",
+    input_size: o.InputSizeOpt = None,
+    preset_name: o.PresetOpt = None,
+    mean: o.MeanOpt = None,
+    std: o.StdOpt = None,
+    scale: o.ScaleOpt = None,
+    channels: o.ChannelsOpt = None,
+    crop_pct: o.CropOpt = None,
+    num_calib: Annotated[int, typer.Option("--num-calib", help="Images to calibrate on (seeded subset).")] = 300,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")] = 32,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the calibration subset.")] = 0,
+    skip: Annotated[
+        list[str] | None, typer.Option("--skip", help="Keep layers in fp32 while analysing (name:/regex:/type:).")
+    ] = None,
+    speed_guard: Annotated[
+        float, typer.Option("--speed-guard", help="As for quantize; 0 = off (analyse every layer).")
+    ] = 1.5,
+    observer: acc.ObserverOpt = None,
+    cleanup: acc.CleanupOpt = None,
+    no_cleanup: acc.NoCleanupOpt = None,
+    config_file: acc.ConfigOpt = None,
+    top: Annotated[int, typer.Option("--top", help="Recommend at most this many layers for fp32.")] = 3,
+    min_gain: Annotated[
+        float, typer.Option("--min-gain", help="Recommend a layer only if fp32 lifts the output SQNR this many dB.")
+    ] = 1.0,
+    plot: Annotated[str | None, typer.Option("--plot", help="Write a bar chart (PNG) of the ranking here.")] = None,
+    json_out: o.JsonOpt = False,
+    quiet: o.QuietOpt = False,
+) -> None:
+    from ptsq.analysis.sensitivity import analyze
+    from ptsq.config import QuantConfig
+    from ptsq.data.images import CalibrationImages
+    from ptsq.errors import ConfigError
+    from ptsq.models import load_model
+
+    out = Output(json_mode=json_out, quiet=quiet)
+    if num_calib < 1 or batch_size < 1 or top < 0:
+        raise ConfigError("--num-calib and --batch-size must be at least 1, --top at least 0", "e.g. --num-calib 64")
+    config = QuantConfig(backend=backend, skip=tuple(skip or ()), seed=seed, speed_guard=speed_guard)
+    config = acc.build_config(config, config_file, observer, cleanup, no_cleanup)
+    if plot:
+        from ptsq import artifact
+
+        artifact.check_output_path(plot, True)
+    loaded = load_model(model, weights=weights, trust_pickle=trust_pickle)
+    pre = o.resolve_preprocess(loaded.preprocess, preset_name, input_size, mean, std, scale, channels, crop_pct)
+    images = CalibrationImages(calib, pre, num=num_calib, batch_size=batch_size, seed=seed)
+    report = analyze(loaded.model, images, config=config, top=top, min_gain_db=min_gain, progress=out.progress)
+    data: dict[str, Any] = {"model": model, "calib": calib, **report.to_dict()}
+    rules = " ".join(f"--skip {r}" for r in config.skip)
+    options = " ".join(x for x in (rules, report.skip_options()) if x)
+    data["command"] = f"ptsq quantize {model} --calib {calib} -o OUT.pt {options}".strip() if report.keep_fp32 else None
+    if plot:
+        from ptsq.analysis.plot import plot_sensitivity
+
+        data["plot"] = str(plot_sensitivity(report, plot))
+    out.result(data, render)
+
+
+def render(console: Console, d: dict[str, Any]) -> None:
+    agree = f", top-1 agreement {d['baseline_agreement']:.3f}" if d.get("baseline_agreement") is not None else ""
+    t = Table(
+        title=f"ptsq analyze {d['model']}: all-int8 output SQNR {d['baseline_sqnr_db']:.1f} dB{agree} "
+        f"on {d['samples']} held-back calibration samples",
+        title_justify="left",
+    )
+    for col in ("rank", "layer", "op", "layer SQNR dB", "output SQNR if fp32", "gain dB"):
+        t.add_column(col, justify="right" if col not in ("layer", "op") else "left")
+    for i, r in enumerate(d["layers"], 1):
+        style = "bold red" if r["name"] in d["keep_fp32"] else ""
+        t.add_row(str(i), r["name"], r["op"], _f(r["layer_sqnr_db"]), _f(r["solo_fp32_sqnr_db"]), _f(r["gain_db"]),
+                  style=style)  # fmt: skip
+    console.print(t)
+    if d["keep_fp32"]:
+        together = d.get("keep_fp32_sqnr_db")
+        console.print(
+            f"keep in fp32: {', '.join(d['keep_fp32'])}"
+            + (f" (output SQNR {together:.1f} dB together)" if together is not None else ""),
+            soft_wrap=True,
+        )
+        console.print(f"  {d['command']}", soft_wrap=True)
+    else:
+        console.print("no layer gains enough from fp32 to recommend it (see --min-gain)")
+    if d.get("plot"):
+        console.print(f"plot: {d['plot']}")
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "analyze", help="Rank int8 layers by how much they hurt accuracy; name the ones to keep fp32.\n" + EXAMPLES
+    )(guarded(analyze_cmd))
