@@ -111,8 +111,8 @@ def prepare(
     from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
-    from ptsq.engines.fx import _capture, _outermost, _quiet, _skip_targets
-    from ptsq.engines.keep_float import KeepFloat, broken_kernels, wrap_modules
+    from ptsq.engines.fx import _capture, _quiet, keep_fp32
+    from ptsq.engines.keep_float import KeepFloat
 
     if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
         raise ConfigError("QAT needs the original Python nn.Module", "pass the model object, not TorchScript")
@@ -122,15 +122,7 @@ def prepare(
     example = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     work = copy.deepcopy(model).eval()
     notes: list[str] = []
-    fallback = _skip_targets(work, config)
-    if config.probe_kernels:
-        for cls, score in broken_kernels(work, chosen).items():
-            reason = f"int8 {cls.__name__} kernel measured wrong ({score:.1f} dB on a probe), kept in fp32"
-            notes.append(reason)
-            for name, mod in work.named_modules():
-                if type(mod) is cls:
-                    fallback.setdefault(name, reason)
-    wrap_modules(work, _outermost(fallback))
+    notes.extend(keep_fp32(work, config, chosen))
     notes.extend(_capture(work, config.strict))
     qmap = qconfig_mapping if qconfig_mapping is not None else get_default_qat_qconfig_mapping(qconfig_name(chosen))
     qmap = qmap.set_object_type(KeepFloat, None)

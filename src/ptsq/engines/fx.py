@@ -70,6 +70,21 @@ def _skip_targets(model: nn.Module, config: QuantConfig) -> dict[str, str]:
     return _outermost(chosen)
 
 
+def keep_fp32(work: nn.Module, config: QuantConfig, backend: str) -> list[str]:
+    """Wrap in KeepFloat what the skip rules name and what has a measured-wrong int8 kernel; notes."""
+    notes: list[str] = []
+    fallback = _skip_targets(work, config)
+    if config.probe_kernels:
+        for cls, score in broken_kernels(work, backend).items():
+            reason = f"int8 {cls.__name__} kernel measured wrong ({score:.1f} dB on a probe), kept in fp32"
+            notes.append(reason)
+            for name, mod in work.named_modules():
+                if type(mod) is cls:
+                    fallback.setdefault(name, reason)
+    wrap_modules(work, _outermost(fallback))
+    return notes
+
+
 def _outermost(names: dict[str, str]) -> dict[str, str]:
     """Drop names nested inside another chosen name (the outer wrapper keeps them fp32 already)."""
     keep = {}
@@ -193,15 +208,7 @@ class FxEngine:
         work = copy.deepcopy(model).eval()
         notes: list[str] = []
 
-        fallback = _skip_targets(work, config)
-        if config.probe_kernels:
-            for cls, score in broken_kernels(work, backend).items():
-                reason = f"int8 {cls.__name__} kernel measured wrong ({score:.1f} dB on a probe), kept in fp32"
-                notes.append(reason)
-                for name, mod in work.named_modules():
-                    if type(mod) is cls:
-                        fallback.setdefault(name, reason)
-        wrap_modules(work, _outermost(fallback))
+        notes.extend(keep_fp32(work, config, backend))
         try:
             notes.extend(_capture(work, config.strict))
         except TraceError as exc:  # the top-level forward is untraceable: quantize what it calls
