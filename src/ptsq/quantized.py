@@ -13,7 +13,7 @@ from torch import nn
 
 from ptsq import artifact
 from ptsq.backends import activate
-from ptsq.engines import available_engines, get_engine
+from ptsq.engines import available_engines, get_engine, missing_packages
 from ptsq.engines.base import EngineResult
 from ptsq.errors import ArtifactError, first_line
 
@@ -107,7 +107,7 @@ def load(path: str | os.PathLike[str]) -> ArtifactModel:
     """Load a ptsq artifact; verifies its manifest and sets the quantized engine it was built for."""
     p = artifact.check_readable(path)
     for name in available_engines():
-        if name == "auto":  # a strategy over the other engines, not an artifact format
+        if name == "auto" or missing_packages(name):  # auto is a strategy, not a format
             continue
         engine = get_engine(name)
         if engine.can_load(p):

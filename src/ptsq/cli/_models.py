@@ -29,9 +29,11 @@ class Loaded:
 
 
 def is_artifact(path: Path) -> bool:
-    from ptsq.engines import available_engines, get_engine
+    from ptsq.engines import available_engines, get_engine, missing_packages
 
-    return path.is_file() and any(get_engine(n).can_load(path) for n in available_engines() if n != "auto")
+    return path.is_file() and any(
+        get_engine(n).can_load(path) for n in available_engines() if n != "auto" and not missing_packages(n)
+    )
 
 
 def _looks_like_torch_file(path: Path) -> bool:

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 # engine name -> module that registers it (imported lazily: engines pull in heavy dependencies)
 _BUILTIN = {"fx": "ptsq.engines.fx", "pt2e": "ptsq.engines.pt2e", "onnx": "ptsq.engines.onnx"}
 _REGISTRY: dict[str, Engine] = {}
+# packages a built-in engine needs beyond torch (the 'engines' extra)
+_REQUIRES = {"pt2e": ("torchao",), "onnx": ("onnx", "onnxruntime")}
 
 
 def register(name: str) -> Callable[[type], type]:
@@ -28,7 +30,20 @@ def register(name: str) -> Callable[[type], type]:
     return deco
 
 
+def missing_packages(name: str) -> list[str]:
+    """Packages engine ``name`` needs that are not installed (empty when it can run here)."""
+    import importlib.util
+
+    return [p for p in _REQUIRES.get(name, ()) if importlib.util.find_spec(p) is None]
+
+
 def get_engine(name: str) -> Engine:
+    missing = missing_packages(name)
+    if missing:
+        raise ConfigError(
+            f"engine {name!r} needs {', '.join(missing)}, which is not installed",
+            "pip install 'ptsq[engines]' (or choose --engine fx)",
+        )
     if name not in _REGISTRY and name in _BUILTIN:
         importlib.import_module(_BUILTIN[name])
     if name not in _REGISTRY:

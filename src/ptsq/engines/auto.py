@@ -23,7 +23,7 @@ from torch import nn
 from ptsq.calibration import as_args, first_sample
 from ptsq.config import QuantConfig
 from ptsq.data.preprocess import Preprocess
-from ptsq.engines import available_engines
+from ptsq.engines import available_engines, missing_packages
 from ptsq.errors import DataError, PtsqError, QuantizationError
 from ptsq.quantized import QuantizedModel
 
@@ -32,7 +32,9 @@ AUTO_RUNS = 20
 
 
 def engines_to_try(config: QuantConfig) -> list[str]:
-    names = config.extra.get("auto_engines") or [e for e in available_engines() if e != "auto"]
+    names = config.extra.get("auto_engines") or [
+        e for e in available_engines() if e != "auto" and not missing_packages(e)
+    ]
     return [str(n) for n in names]
 
 
