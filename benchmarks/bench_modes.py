@@ -287,7 +287,8 @@ def bench_qat() -> None:
             "(histogram observers, 512 calibration images) and QAT.",
             f"QAT: ptsq.qat.prepare(qconfig_mapping=4-bit) + ptsq.modes.finetune.finetune: SGD momentum 0.9, lr {lr}, "
             f"{steps} steps of {batch} training images ({torch.get_num_threads()} threads, wall {train_s:.0f} s, "
-            f"CPU {train_cpu:.0f} s on a shared machine); BN statistics frozen at {100 * freeze_bn_at:.0f}% of steps, observers at 60%.",
+            f"CPU {train_cpu:.0f} s on a shared machine); BN statistics frozen at {100 * freeze_bn_at:.0f}% of steps, "
+            "observers at 60%.",
             f"The QAT artifact reloaded in the same process scores {pp(acc_reload)}% on the first 2,000 test images.",
         ],
         extra={"history": hist},

@@ -22,7 +22,8 @@ def test_quantize_info_bench_json(photo_dir, small_weights, tmp_path):
     out = tmp_path / "small.pt"
     before = tree_digest(photo_dir)
     res = run_cli("quantize", spec("SmallNet"), "--weights", small_weights, "--calib", photo_dir, "-o", out,
-                  "--input-size", "32", "--num-calib", "16", "--batch-size", "4", "--speed-guard", "0", "--json")  # fmt: skip
+                  "--input-size", "32", "--num-calib", "16", "--batch-size", "4",
+                  "--speed-guard", "0", "--json")  # fmt: skip
     assert res.code == 0, res.stderr
     data = json.loads(res.stdout)
     assert data["layers"]["int8"] >= 4 and data["layers"]["fp32"] == 0
