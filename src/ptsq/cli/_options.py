@@ -30,6 +30,9 @@ MeanOpt = Annotated[str | None, typer.Option("--mean", help="Per-channel mean af
 StdOpt = Annotated[str | None, typer.Option("--std", help="Per-channel std after scaling, e.g. 0.229,0.224,0.225")]
 ScaleOpt = Annotated[float | None, typer.Option("--scale", help="Multiply pixels (0..255) by this first, e.g. 1/255.")]
 ChannelsOpt = Annotated[str | None, typer.Option("--channels", help="rgb | bgr | gray")]
+NumCalibOpt = Annotated[int, typer.Option("--num-calib", help="Images to calibrate on (seeded subset).")]
+CalibBatchOpt = Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the calibration subset.")]
 CropOpt = Annotated[float | None, typer.Option("--crop-pct", help="Centre-crop fraction (1 = resize only).")]
 
 

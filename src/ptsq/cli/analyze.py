@@ -39,9 +39,9 @@ def analyze_cmd(
     scale: o.ScaleOpt = None,
     channels: o.ChannelsOpt = None,
     crop_pct: o.CropOpt = None,
-    num_calib: Annotated[int, typer.Option("--num-calib", help="Images to calibrate on (seeded subset).")] = 300,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")] = 32,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the calibration subset.")] = 0,
+    num_calib: o.NumCalibOpt = 300,
+    batch_size: o.CalibBatchOpt = 32,
+    seed: o.SeedOpt = 0,
     skip: Annotated[
         list[str] | None, typer.Option("--skip", help="Keep layers in fp32 while analysing (name:/regex:/type:).")
     ] = None,

@@ -62,9 +62,9 @@ def quantize_cmd(
     scale: o.ScaleOpt = None,
     channels: o.ChannelsOpt = None,
     crop_pct: o.CropOpt = None,
-    num_calib: Annotated[int, typer.Option("--num-calib", help="Images to calibrate on (seeded subset).")] = 300,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")] = 32,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the calibration subset.")] = 0,
+    num_calib: o.NumCalibOpt = 300,
+    batch_size: o.CalibBatchOpt = 32,
+    seed: o.SeedOpt = 0,
     max_images: Annotated[
         int, typer.Option("--max-images", help="Refuse folders with more images than this (guard).")
     ] = 1_000_000,

@@ -332,6 +332,15 @@ def _resize_and_crop(img: Image.Image, pre: Preprocess) -> Image.Image:
 # --------------------------------------------------------------------------- datasets
 
 
+def check_sampling(num: int, batch_size: int, seed: int) -> None:
+    """Validate the subset size, batch size and seed shared by every calibration source."""
+    for name, value in (("num", num), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} {value!r} must be a positive integer", f"pass e.g. {name}=32")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed {seed!r} must be an integer", "pass e.g. seed=0")
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """Map-style dataset over image files; ``dataset[i]`` is one decoded ``(C, H, W)`` tensor.
 
@@ -376,11 +385,7 @@ class CalibrationImages:
         max_images: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> None:
-        for name, value in (("num", num), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} {value!r} must be a positive integer", f"pass e.g. {name}=32")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"seed {seed!r} must be an integer", "pass e.g. seed=0")
+        check_sampling(num, batch_size, seed)
         self.root = Path(root).expanduser()
         self.source = str(root)
         self.pre = pre

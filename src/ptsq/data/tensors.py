@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptsq.errors import ConfigError, DataError, UnsafeFileError, first_line
+from ptsq.data.images import check_sampling
+from ptsq.errors import DataError, UnsafeFileError, first_line
 
 TENSOR_EXTENSIONS = (".pt", ".pth", ".npy", ".npz")
 _SHAPE_HINT = "save a float tensor (N, C, H, W) or a list of tensors (C, H, W), e.g. torch.save(batch, 'calib.pt')"
@@ -76,11 +77,7 @@ class CalibrationTensors:
         seed: int = 0,
         progress: Callable[[int], None] | None = None,
     ) -> None:
-        for name, value in (("num", num), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} {value!r} must be a positive integer", f"pass e.g. {name}=32")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"seed {seed!r} must be an integer", "pass e.g. seed=0")
+        check_sampling(num, batch_size, seed)
         self.path = Path(path).expanduser()
         self.source = str(path)
         self.num = num
