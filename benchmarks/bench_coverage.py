@@ -39,8 +39,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "coverage.json"
 REPORT = HERE.parent / "COVERAGE.md"
 SMALL = 64  # input side for models that take any size: keeps the suite within an hour on 2 cores
-# the speed guard's per-layer kernel timing costs minutes per model on a loaded machine: off unless --speed-guard
-_SETTINGS: dict[str, float] = {"speed_guard": 0.0}
+# the product default (QuantConfig.speed_guard) unless --speed-guard says otherwise (0 = off)
+_SETTINGS: dict[str, float] = {"speed_guard": 1.5}
 MAX_PARAMS_M = 50.0  # larger models are listed as not run (time and memory budget), never dropped
 
 # timm: one or two architectures per family, random weights (pretrained=False)
@@ -64,6 +64,11 @@ class Entry:
     task: str = "classification"
     size: int = SMALL
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# models that only run at their native size: halo attention needs 8x8 blocks at stride 32;
+# EfficientFormer's attention biases stay sized for 224 whatever img_size says
+NATIVE_SIZE = {"halonet26t": 256, "efficientformer_l1": 224}
 
 
 def entries() -> list[Entry]:
@@ -102,8 +107,8 @@ def entries() -> list[Entry]:
     tim: list[Entry] = []
     for name in TIMM:
         cfg = timm.get_pretrained_cfg(name)
-        fixed = bool(cfg and cfg.fixed_input_size)
-        size = 96 if "inception" in name else SMALL
+        fixed = bool(cfg and cfg.fixed_input_size) and name not in NATIVE_SIZE
+        size = NATIVE_SIZE.get(name) or (96 if "inception" in name else SMALL)
         # fixed-size models: a smaller img_size is a constructor option (same architecture, fewer tokens)
         extra = {"img_size": 112} if fixed else {}
         tim.append(Entry(f"timm:{name}", name.split("_")[0], size=112 if fixed else size, extra=extra))
@@ -386,7 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated keys or names (e.g. resnet18,timm:dla34)")
     ap.add_argument("--limit", type=int, default=0, help="run at most this many models")
     ap.add_argument("--timeout", type=float, default=240.0, help="seconds per model (child process is killed)")
-    ap.add_argument("--speed-guard", type=float, default=0.0, help="QuantConfig.speed_guard (0 = off)")
+    ap.add_argument(
+        "--speed-guard", type=float, default=None, help="QuantConfig.speed_guard (default: ptsq's; 0 = off)"
+    )
     ap.add_argument("--jobs", type=int, default=1, help="models measured at once (each at 1 thread)")
     ap.add_argument("--reverse", action="store_true", help="run the list backwards (a second runner)")
     ap.add_argument("--resume", action="store_true", help="skip models already in the JSON")
@@ -398,7 +405,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from benchmarks.coverage_report import render
+    from ptsq.config import QuantConfig
 
+    if args.speed_guard is None:
+        args.speed_guard = QuantConfig().speed_guard
     _SETTINGS["speed_guard"] = args.speed_guard
     if args.merge:
         data = load_results()

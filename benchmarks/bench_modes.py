@@ -200,17 +200,21 @@ def bench_lstm() -> None:
 # --------------------------------------------------------------------------------------------------- QAT
 def _w4a8(qat: bool) -> Any:
     from torch.ao.quantization import QConfig, get_default_qat_qconfig_mapping, get_default_qconfig_mapping
-    from torch.ao.quantization.fake_quantize import FakeQuantize, default_fake_quant
+    from torch.ao.quantization.fake_quantize import FakeQuantize
     from torch.ao.quantization.observer import (
         HistogramObserver,
+        MovingAverageMinMaxObserver,
         MovingAveragePerChannelMinMaxObserver,
         PerChannelMinMaxObserver,
     )
 
     wargs = {"dtype": torch.qint8, "qscheme": torch.per_channel_symmetric, "quant_min": -8, "quant_max": 7}
-    if qat:
+    if qat:  # the same grids as PTQ below: 4-bit weights, full 8-bit activations (not default_fake_quant's 7)
         weight = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, ch_axis=0, **wargs)
-        return get_default_qat_qconfig_mapping("x86").set_global(QConfig(activation=default_fake_quant, weight=weight))
+        act = FakeQuantize.with_args(
+            observer=MovingAverageMinMaxObserver, dtype=torch.quint8, quant_min=0, quant_max=255, reduce_range=False
+        )
+        return get_default_qat_qconfig_mapping("x86").set_global(QConfig(activation=act, weight=weight))
     act = HistogramObserver.with_args(dtype=torch.quint8, quant_min=0, quant_max=255, reduce_range=False)
     weight = PerChannelMinMaxObserver.with_args(**wargs)
     return get_default_qconfig_mapping("x86").set_global(QConfig(activation=act, weight=weight))
@@ -233,7 +237,7 @@ def bench_qat() -> None:
 
     torch.manual_seed(0)
     torch.set_num_threads(int(os.environ.get("PTSQ_QAT_THREADS", "1")))
-    steps, batch, lr = int(os.environ.get("PTSQ_QAT_STEPS", "200")), 64, 1e-3
+    steps, batch, lr = int(os.environ.get("PTSQ_QAT_STEPS", "300")), 64, 1e-3
     fp32 = fashion_net()
     calib = preprocess(fashion_train_subset(512, seed=1)[0])
     acc_fp32 = fashion_accuracy(fp32)
@@ -255,11 +259,16 @@ def bench_qat() -> None:
     index = rng.choice(len(images), size=steps * batch, replace=False)
     x_all, y_all = preprocess(images[index]), torch.from_numpy(labels[index])
     data = [(x_all[i : i + batch], y_all[i : i + batch]) for i in range(0, steps * batch, batch)]
+    # lr = 0 check: calibrated, untrained fake quantization should score about what PTQ does
+    untrained = ptsq.qat.prepare(fp32, (calib[:1],), backend="x86", qconfig_mapping=_w4a8(True))
+    ptsq.qat.calibrate(untrained, data, max_batches=8)
+    acc_fq0 = fashion_accuracy(untrained.eval())
     t0, c0 = time.perf_counter(), time.process_time()
     qat_model = ptsq.qat.prepare(fp32, (calib[:1],), backend="x86", qconfig_mapping=_w4a8(True))
     freeze_bn_at = float(os.environ.get("PTSQ_QAT_FREEZE_BN", "0.3"))
     hist = finetune(qat_model, data, epochs=1, lr=lr, progress=sys.stderr.isatty(), freeze_bn_at=freeze_bn_at)
     train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+    acc_fq = fashion_accuracy(qat_model.eval())
     qm4 = ptsq.qat.convert(qat_model, check_inputs=[(calib[:64],)])
     acc_qat4 = fashion_accuracy(qm4.module)
     with tempfile_dir() as d:
@@ -285,10 +294,13 @@ def bench_qat() -> None:
             "Default int8 PTQ loses nothing on this model, so the QAT experiment uses a deliberately harder setting: "
             "4-bit per-channel symmetric weights ([-8, 7] inside int8 kernels), 8-bit activations, for both PTQ "
             "(histogram observers, 512 calibration images) and QAT.",
-            f"QAT: ptsq.qat.prepare(qconfig_mapping=4-bit) + ptsq.modes.finetune.finetune: SGD momentum 0.9, lr {lr}, "
-            f"{steps} steps of {batch} training images ({torch.get_num_threads()} threads, wall {train_s:.0f} s, "
-            f"CPU {train_cpu:.0f} s on a shared machine); BN statistics frozen at {100 * freeze_bn_at:.0f}% of steps, "
-            "observers at 60%.",
+            f"QAT: ptsq.qat.prepare(qconfig_mapping=4-bit) + ptsq.modes.finetune.finetune: ranges calibrated on "
+            f"{hist['calibration_batches']} training batches in eval mode first, then SGD momentum 0.9, lr {lr} with "
+            f"cosine decay, {steps} steps of {batch} training images ({torch.get_num_threads()} threads, wall "
+            f"{train_s:.0f} s, CPU {train_cpu:.0f} s on a shared machine); BN statistics frozen at "
+            f"{100 * freeze_bn_at:.0f}% of steps, observers at 60%.",
+            f"Checks: calibrated fake-quantized model before training (lr = 0) {pp(acc_fq0)}% (PTQ {pp(acc_ptq4)}%); "
+            f"after training, fake-quantized {pp(acc_fq)}% vs converted int8 {pp(acc_qat4)}%.",
             f"The QAT artifact reloaded in the same process scores {pp(acc_reload)}% on the first 2,000 test images.",
         ],
         extra={"history": hist},

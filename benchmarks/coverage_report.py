@@ -33,9 +33,9 @@ def render(data: dict[str, Any], out: Path) -> Path:
         f"**Summary: {summary_line(s)}.**",
         "",
         "Every model: random weights (no downloads), BatchNorm statistics re-estimated on the random inputs, "
-        "`ptsq.quantize(model, calibration)` with the default QuantConfig (FX engine) except "
-        f"`speed_guard={data.get('speed_guard', 0.0)}` (0 = off: its per-layer kernel timing costs minutes per "
-        "model on a loaded machine, and it only ever moves slow layers back to fp32), and 3 random calibration "
+        "`ptsq.quantize(model, calibration)` with the default QuantConfig (FX engine; "
+        f"`speed_guard={data.get('speed_guard', 0.0)}`, 0 = off: layers measured slower in int8 than in fp32 stay "
+        "fp32), and 4 random calibration "
         "batches of 2. Flexible-size models run at 64x64 (Inception at 96), fixed-size transformers at 96-112 "
         "via their constructor's image-size option, maxvit_t at 224. "
         "*int8 share* is the fraction of conv/linear multiply-accumulates "

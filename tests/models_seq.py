@@ -98,3 +98,28 @@ def write_digit_folder(root, classes: int = 3, per_class: int = 12):  # type: ig
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray((img[0].numpy() * 255).astype("uint8"), mode="L").save(folder / f"{i}.png")
     return root
+
+
+class TinyEncoder(nn.Module):
+    """One pre-norm transformer block (fused qkv Linear, attention by matmul, GELU MLP) + a Linear head."""
+
+    def __init__(self, d: int = 32, heads: int = 4, num_classes: int = 8) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.up, self.down = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+        self.head = nn.Linear(d, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = (z.reshape(b, t, self.heads, -1).transpose(1, 2) for z in self.qkv(self.ln1(x)).chunk(3, -1))
+        att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5, -1)
+        x = x + self.proj((att @ v).transpose(1, 2).reshape(b, t, d))
+        x = x + self.down(nn.functional.gelu(self.up(self.ln2(x))))
+        return self.head(x.mean(1))
+
+    def example_inputs(self) -> tuple[torch.Tensor]:
+        return (torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(0)),)

@@ -5,6 +5,7 @@ Use it when post-training quantization loses too much accuracy::
     import ptsq.qat
 
     qat_model = ptsq.qat.prepare(model, example_inputs=(x,), backend="auto")
+    ptsq.qat.calibrate(qat_model, loader, max_batches=8)   # ranges as PTQ would set them, before training
     schedule = ptsq.qat.Schedule(total_steps=len(loader) * epochs)
     for step, (x, y) in enumerate(batches):           # your own loop, optimizer and loss
         schedule.step(qat_model, step)                  # freezes BN stats, then observers, on time
@@ -21,6 +22,13 @@ When things freeze (:class:`Schedule`, fractions of the total steps):
   0.6). Early steps let ranges follow the weights as they move; the remaining steps train the weights
   against fixed quantization grids, which is what the int8 model will use.
 
+Before the first step, :func:`calibrate` sets the ranges from a few batches in eval mode (BatchNorm on
+its running statistics, as deployed); otherwise they start from one train-mode batch. On the
+Fashion-MNIST ResNet with 4-bit weights (BENCHMARKS.md) the change that mattered was decaying the learning
+rate to 0 (cosine) instead of keeping it constant, which left the weights hopping between rounding levels;
+calibration first made little difference there but removes the dependence on the first batch. Both are
+done by :func:`ptsq.modes.finetune.finetune`.
+
 ``freeze_bn`` and ``freeze_observers`` do each step by hand. Capture is torch.fx (``prepare_qat_fx``)
 with the backend's default QAT qconfig mapping; user skip rules and kernels ptsq measured as broken
 (PReLU in torch 2.14) stay fp32 through the FX engine's ``KeepFloat`` wrapper.
@@ -32,7 +40,7 @@ import copy
 import dataclasses
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +102,41 @@ def freeze_observers(model: nn.Module) -> None:
     model.apply(disable_observer)
 
 
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[Any], *, max_batches: int | None = None) -> int:
+    """Set the fake-quantization ranges from ``batches`` before training, as PTQ calibration would.
+
+    Without it the ranges start from whatever the first training batch shows, in train mode (BatchNorm
+    on batch statistics), which is neither the model being deployed nor a representative sample. Runs in
+    eval mode with observers on and no gradients; restores the model's train/eval mode. Each batch is a
+    tensor, a tuple of model inputs, or ``(inputs, labels)`` (labels ignored). Returns the batches used.
+    """
+    from torch.ao.quantization import enable_observer
+
+    was_training = model.training
+    model.eval()
+    model.apply(enable_observer)
+    used = 0
+    for batch in batches:
+        if max_batches is not None and used >= max_batches:
+            break
+        if isinstance(batch, (tuple, list)) and len(batch) == 2 and not _is_tuple_input(model):
+            batch = batch[0]  # (inputs, labels)
+        args = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+        model(*args)
+        used += 1
+    model.train(was_training)
+    if used == 0:
+        raise ConfigError("QAT calibration got no batches", "pass at least one batch of training inputs")
+    return used
+
+
+def _is_tuple_input(model: nn.Module) -> bool:
+    """True when the prepared model takes more than one positional input (then a 2-tuple is its inputs)."""
+    state = getattr(model, _STATE, None)
+    return state is not None and len(state["example"]) == 2
+
+
 def prepare(
     model: nn.Module,
     example_inputs: tuple[Any, ...],
@@ -112,6 +155,7 @@ def prepare(
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
     from ptsq.engines.fx import _capture, _quiet, keep_fp32
+    from ptsq.engines.fx_fixed_inputs import free_fixed_inputs
     from ptsq.engines.keep_float import KeepFloat
 
     if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
@@ -133,6 +177,7 @@ def prepare(
             prepared = prepare_qat_fx(work.train(), qmap, example, prepare_custom_config=custom)
         except Exception as exc:
             raise QuantizationError(f"prepare_qat_fx failed: {first_line(exc)}", "report this model to ptsq") from exc
+        free_fixed_inputs(prepared, qmap.global_qconfig.activation)  # see engines/fx_fixed_inputs.py
     finally:
         ctx.__exit__(None, None, None)
     from ptsq import artifact
@@ -215,4 +260,4 @@ def convert(
     return qm
 
 
-__all__ = ["Schedule", "convert", "freeze_bn", "freeze_observers", "prepare"]
+__all__ = ["Schedule", "calibrate", "convert", "freeze_bn", "freeze_observers", "prepare"]

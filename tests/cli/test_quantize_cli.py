@@ -177,8 +177,8 @@ def test_interrupt_during_calibration_writes_nothing(sig, tmp_path, repo_root):
     time.sleep(3)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 2, stderr
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, f"rc {proc.returncode}; stdout: {stdout[-500:]!r}; stderr: {stderr[-500:]!r}"
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o.pt")]

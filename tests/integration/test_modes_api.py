@@ -168,3 +168,25 @@ def test_qat_freeze_helpers_stop_updates() -> None:
         ptsq.qat.Schedule(0)
     with pytest.raises(ConfigError, match="prepare"):
         ptsq.qat.convert(DigitNet())  # type: ignore[arg-type]
+
+
+def test_qat_calibrate_sets_ranges_in_eval_mode_without_touching_bn() -> None:
+    torch.manual_seed(0)
+    x, y = digits(3, 40)
+    model = _train_fp32(DigitNet(), x, y)
+    prepared = ptsq.qat.prepare(model, (x[:1],))
+    bn = {k: v.clone() for k, v in prepared.state_dict().items() if "running_" in k}
+    assert bn
+    assert ptsq.qat.calibrate(prepared, [(x, y)]) == 1  # (inputs, labels) batches: labels ignored
+    assert prepared.training  # mode restored for the training that follows
+    after = prepared.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in bn.items())  # eval mode: BN used, not re-estimated
+    first = next(m for m in prepared.modules() if hasattr(m, "activation_post_process"))
+    obs = first.activation_post_process
+    assert float(obs.min_val) == pytest.approx(float(x.min())) and float(obs.max_val) == pytest.approx(float(x.max()))
+    ptsq.qat.freeze_observers(prepared)
+    with torch.inference_mode():
+        agree = float((prepared.eval()(x).argmax(1) == model(x).argmax(1)).float().mean())
+    assert agree >= 0.9  # calibrated, untrained QAT model is already the PTQ model
+    with pytest.raises(ConfigError, match="no batches"):
+        ptsq.qat.calibrate(prepared, [])

@@ -173,3 +173,48 @@ def test_view_after_quantized_conv_works():
     qm = ptsq.quantize(model, calib, config=EXACT, progress=False)
     assert qm.precision["conv"]["precision"] == "int8"
     assert qm.fidelity["sqnr_db"] > 20
+
+
+class _Gated(torch.nn.Module):
+    """Squeeze-excitation style gate: a conv whose output goes through sigmoid (or tanh) and scales x."""
+
+    def __init__(self, act: torch.nn.Module, read_weight: bool = False) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.squeeze = torch.nn.Conv2d(16, 4, 1)
+        self.expand = torch.nn.Conv2d(4, 16, 1)
+        with torch.no_grad():
+            self.expand.weight.mul_(8.0)  # pre-activations well outside [0, 1)
+        self.gate = act
+        self.read_weight = read_weight
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        s = torch.relu(self.squeeze(y.mean((2, 3), keepdim=True)))
+        if self.read_weight:  # as timm's edgenext reads its projection's weight dtype in forward
+            s = s.to(self.expand.weight.dtype)
+        return y * self.gate(self.expand(s))
+
+
+@pytest.mark.parametrize("act", [torch.nn.Sigmoid(), torch.nn.Hardsigmoid(), torch.nn.Tanh()])
+def test_gate_after_an_fp32_layer_is_quantized_over_its_real_input_range(act):
+    # torch.ao observes a sigmoid's input with its fixed *output* range when the producer is fp32:
+    # every negative pre-activation would become sigmoid(0); keeping a layer fp32 must not cost fidelity
+    torch.manual_seed(0)
+    model = _Gated(act).eval()
+    calib = _batches((4, 3, 16, 16), n=6)
+    both = ptsq.quantize(model, calib, config=EXACT, progress=False)
+    kept = ptsq.quantize(model, calib, config=QuantConfig(skip=("name:expand",), speed_guard=0), progress=False)
+    assert kept.precision["expand"]["precision"] == "fp32"
+    assert kept.precision["gate"]["precision"] == "int8", kept.precision["gate"]
+    assert kept.fidelity["sqnr_db"] > 25.0, kept.fidelity
+    assert kept.fidelity["sqnr_db"] > both.fidelity["sqnr_db"] - 3.0, (both.fidelity, kept.fidelity)
+
+
+@pytest.mark.parametrize("skip", [(), ("name:expand",)])
+def test_a_model_reading_its_layers_weight_dtype_quantizes(skip):
+    # int8: the converted layer's weight is a method; fp32: the layer is wrapped to stay fp32
+    model = _Gated(torch.nn.Sigmoid(), read_weight=True).eval()
+    qm = ptsq.quantize(model, _batches((4, 3, 16, 16)), config=QuantConfig(skip=skip, speed_guard=0), progress=False)
+    assert qm.precision["expand"]["precision"] == ("fp32" if skip else "int8")
+    assert qm.fidelity["sqnr_db"] > 25.0, qm.fidelity

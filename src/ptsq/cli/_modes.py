@@ -87,9 +87,11 @@ def advice_for(model: nn.Module, pre: Preprocess, mode: str) -> str | None:
 
 def run(mode: str, model: nn.Module, pre: Preprocess, config: Any, out: Any, **kw: Any) -> Any:
     """Quantize ``model`` in ``mode`` (dynamic or qat) for ``ptsq quantize``."""
-    if config.engine not in ("fx", "auto"):
+    allowed = ("fx", "onnx", "auto") if mode == "dynamic" else ("fx", "auto")
+    if config.engine not in allowed:
         raise ConfigError(
-            f"--mode {mode} runs on the fx engine, not {config.engine!r}", "drop --engine (or use --engine fx)"
+            f"--mode {mode} runs on the {' or '.join(allowed[:-1])} engine, not {config.engine!r}",
+            f"drop --engine (or use --engine {' / '.join(allowed)})",
         )
     if mode == "dynamic":
         return run_dynamic(

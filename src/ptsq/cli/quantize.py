@@ -32,6 +32,8 @@ Examples:
   ptsq quantize torchvision:resnet18 --calib images/ --engine onnx -o resnet18_int8.onnx
 
   ptsq quantize torchvision:resnet18 --calib images/ --engine auto -o resnet18_int8.bin
+
+  ptsq quantize mypkg.text:build_encoder --mode dynamic --engine onnx -o encoder_int8.onnx
 """
 
 
@@ -89,7 +91,8 @@ def quantize_cmd(
     epochs: Annotated[int, typer.Option("--epochs", help="--mode qat: fine-tuning epochs.")] = 1,
     lr: Annotated[float, typer.Option("--lr", help="--mode qat: learning rate (SGD, momentum 0.9).")] = 1e-4,
     min_cosine: Annotated[
-        float, typer.Option("--min-cosine", help="--mode dynamic: keep layers fp32 until int8 cosine >= this; 0 = off.")
+        float,
+        typer.Option("--min-cosine", help="--mode dynamic (fx): keep layers fp32 until int8 cosine >= this; 0 = off."),
     ] = 0.99,
     observer: acc.ObserverOpt = None,
     cleanup: acc.CleanupOpt = None,

@@ -16,10 +16,15 @@ if TYPE_CHECKING:
     from ptsq.engines.base import Engine
 
 # engine name -> module that registers it (imported lazily: engines pull in heavy dependencies)
-_BUILTIN = {"fx": "ptsq.engines.fx", "pt2e": "ptsq.engines.pt2e", "onnx": "ptsq.engines.onnx"}
+_BUILTIN = {
+    "fx": "ptsq.engines.fx",
+    "pt2e": "ptsq.engines.pt2e",
+    "onnx": "ptsq.engines.onnx",
+    "openvino": "ptsq.engines.openvino",
+}
 _REGISTRY: dict[str, Engine] = {}
 # packages a built-in engine needs beyond torch (the 'engines' extra)
-_REQUIRES = {"pt2e": ("torchao",), "onnx": ("onnx", "onnxruntime")}
+_REQUIRES = {"pt2e": ("torchao",), "onnx": ("onnx", "onnxruntime"), "openvino": ("openvino", "nncf")}
 
 
 def register(name: str) -> Callable[[type], type]:

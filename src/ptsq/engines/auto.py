@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,6 @@ def quantize_auto(
     source: dict[str, Any] | None,
 ) -> QuantizedModel:
     from ptsq.api import quantize
-    from ptsq.bench import Candidate, benchmark
-    from ptsq.quantized import load
 
     if isinstance(calibration, (torch.Tensor, str, bytes)):
         raise DataError(
@@ -104,8 +102,25 @@ def quantize_auto(
             "check the calibration data, or keep sensitive layers fp32 with --skip",
         )
 
-    threads = int(config.extra.get("auto_threads") or torch.get_num_threads())
     example = first_sample(batches[0]) if example_inputs is None else tuple(example_inputs)
+    return _fastest(model, done, rows, passing, example, config, progress, margin)
+
+
+def _fastest(
+    model: nn.Module,
+    done: dict[str, QuantizedModel],
+    rows: list[dict[str, Any]],
+    passing: list[str],
+    example: tuple[Any, ...],
+    config: QuantConfig,
+    progress: bool,
+    margin: float,
+) -> QuantizedModel:
+    """Save and reload the passing engines' models, time them interleaved with fp32, return the fastest."""
+    from ptsq.bench import Candidate, benchmark
+    from ptsq.quantized import load
+
+    threads = int(config.extra.get("auto_threads") or torch.get_num_threads())
     with tempfile.TemporaryDirectory(prefix="ptsq-auto-") as d:
         cands = [Candidate("fp32", model, kind="fp32")]
         for name in passing:
@@ -137,3 +152,64 @@ def quantize_auto(
     qm.manifest["auto"] = table
     qm.stats["auto"] = table
     return qm
+
+
+def quantize_dynamic_auto(
+    model: nn.Module,
+    *,
+    example_inputs: tuple[Any, ...],
+    backend: str,
+    config: QuantConfig,
+    check_inputs: Sequence[Any] | None,
+    min_cosine: float | None,
+    full_range: bool,
+    source: dict[str, Any] | None,
+) -> QuantizedModel:
+    """Dynamic mode on every engine that has it (fx, onnx), same check inputs; the fastest faithful one wins.
+
+    An engine passes when its mean cosine meets ``min_cosine`` and its SQNR is within the margin of
+    the best engine's, as in static mode.
+    """
+    from ptsq.modes.dynamic import DYNAMIC_ENGINES, quantize_dynamic
+
+    names = [n for n in engines_to_try(config) if n in DYNAMIC_ENGINES]
+    margin = float(config.extra.get("auto_margin_db", AUTO_MARGIN_DB))
+    rows: list[dict[str, Any]] = []
+    done: dict[str, QuantizedModel] = {}
+    for name in names:
+        row: dict[str, Any] = {"engine": name}
+        try:
+            qm = quantize_dynamic(
+                model, example_inputs=example_inputs, backend=backend, config=dataclasses.replace(config, engine=name),
+                check_inputs=check_inputs, min_cosine=min_cosine, full_range=full_range, source=source,
+            )  # fmt: skip
+        except PtsqError as exc:
+            rows.append({**row, "status": "failed", "why": exc.message})
+            continue
+        chk = qm.manifest["check"]
+        counts = qm.summary()["layers"]
+        row.update(
+            sqnr_db=round(chk["sqnr_db"], 2),
+            cosine_mean=chk.get("cosine_mean"),
+            int8_layers=counts["int8"],
+            fp32_layers=counts["fp32"],
+            status="passed" if chk.get("passed") else "poor",
+        )
+        rows.append(row)
+        done[name] = qm
+    if not done:
+        why = "; ".join(f"{r['engine']}: {r['why']}" for r in rows)
+        raise QuantizationError(f"no engine could quantize the model ({why})", "run one engine with --engine NAME")
+    best = max(r["sqnr_db"] for r in rows if "sqnr_db" in r)
+    for r in rows:
+        if r.get("status") == "passed" and r["sqnr_db"] < best - margin:
+            r["status"] = "poor"
+            r["why"] = f"SQNR more than {margin:g} dB below the best engine's"
+    passing = [r["engine"] for r in rows if r.get("status") == "passed"]
+    if not passing:
+        raise QuantizationError(
+            "no engine's dynamic int8 model reached the cosine budget against fp32",
+            "lower --min-cosine, or keep sensitive layers fp32 with --skip",
+        )
+    example = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    return _fastest(model, done, rows, passing, example, config, progress=False, margin=margin)

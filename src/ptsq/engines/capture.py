@@ -13,6 +13,7 @@ import sysconfig
 import traceback
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -50,6 +51,28 @@ class LeafTracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return isinstance(m, KeepFloat) or super().is_leaf_module(m, module_qualified_name)
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            if isinstance(root, nn.Module):
+                _drop_proxies(root)
+
+
+def _drop_proxies(model: nn.Module) -> None:
+    """Forget proxies a forward cached on its modules while being traced.
+
+    timm's LeViT caches attention biases per device in a dict during eval forward; traced, the cache
+    holds a proxy of that trace's graph, and the next trace fails ("does not belong to this Graph").
+    """
+    for m in model.modules():
+        for key, value in list(vars(m).items()):
+            if isinstance(value, fx.Proxy):
+                delattr(m, key)
+            elif isinstance(value, dict) and key not in ("_parameters", "_buffers", "_modules"):
+                for k in [k for k, v in value.items() if isinstance(v, fx.Proxy)]:
+                    del value[k]
 
 
 def locate(exc: BaseException, model: nn.Module) -> TraceFailure:

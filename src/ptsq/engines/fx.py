@@ -25,6 +25,7 @@ from ptsq.engines import register
 from ptsq.engines.base import EngineResult, LayerPrecision
 from ptsq.engines.capture import try_trace
 from ptsq.engines.fx_cleanup import clamp_ranges, cleanup
+from ptsq.engines.fx_fixed_inputs import free_fixed_inputs
 from ptsq.engines.fx_speed import slow_layers
 from ptsq.engines.keep_float import KeepFloat, broken_kernels, wrap_modules
 from ptsq.errors import ConfigError, QuantizationError, TraceError
@@ -246,6 +247,8 @@ class FxEngine:
                     f"prepare_fx failed: {exc}".splitlines()[0], "report this model to ptsq"
                 ) from exc
             _views_to_reshapes(prepared)
+            if n := free_fixed_inputs(prepared, qmap.global_qconfig.activation):
+                notes.append(f"{n} sigmoid/tanh input(s) after an fp32 layer observed over their real range")
             means = InputMeans(prepared) if "bias-correction" in config.cleanup else None
             try:
                 with torch.no_grad():

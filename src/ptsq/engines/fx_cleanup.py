@@ -184,6 +184,30 @@ def _equalize(gm: fx.GraphModule) -> int:
     return equalize(gm)
 
 
+def _freeze_param_metadata(gm: fx.GraphModule) -> int:
+    """``layer.weight.dtype`` / ``.device`` / ``.shape`` read in forward become constants.
+
+    After convert a quantized layer's ``weight`` is a method, so the traced read fails at run time
+    ('function' object has no attribute 'device': timm's xcit and edgenext); the values are fixed anyway.
+    """
+    count = 0
+    for node in list(gm.graph.nodes):
+        if not (node.op == "call_function" and node.target is getattr and len(node.args) == 2):
+            continue
+        src, attr = node.args
+        if not (isinstance(src, fx.Node) and src.op == "get_attr" and attr in ("dtype", "device", "shape", "ndim")):
+            continue
+        value = getattr(_attr(gm, src), attr, None)
+        if value is None:
+            continue
+        for user in list(node.users):
+            user.args = fx.node.map_arg(user.args, lambda a, n=node, v=value: v if a is n else a)
+            user.kwargs = fx.node.map_arg(user.kwargs, lambda a, n=node, v=value: v if a is n else a)
+        gm.graph.erase_node(node)
+        count += 1
+    return count
+
+
 def cleanup(model: nn.Module, steps: tuple[str, ...]) -> tuple[nn.Module, list[str]]:
     """Trace ``model`` and apply the graph steps; returns (GraphModule or the model, notes)."""
     wanted = [s for s in GRAPH_STEPS if s in steps]
@@ -202,6 +226,7 @@ def cleanup(model: nn.Module, steps: tuple[str, ...]) -> tuple[nn.Module, list[s
         n = fn(gm)
         if n:
             notes.append(f"clean-up: {n} {what}")
+    _freeze_param_metadata(gm)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()

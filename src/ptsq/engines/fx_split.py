@@ -113,9 +113,11 @@ def quantize_split(
     from torch.ao.quantization.qconfig import QConfig
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+    from ptsq.algorithms.observers import activation_observers
     from ptsq.backends import qconfig_name
     from ptsq.engines.fx import _capture, precision_map
     from ptsq.engines.fx_cleanup import clamp_ranges, cleanup
+    from ptsq.engines.fx_fixed_inputs import free_fixed_inputs
     from ptsq.engines.fx_speed import slow_layers
     from ptsq.errors import QuantizationError, TraceError
 
@@ -135,6 +137,7 @@ def quantize_split(
     if not config.per_channel:
         base = get_default_qconfig(qconfig_name(backend))
         qmap = qmap.set_global(QConfig(activation=base.activation, weight=default_weight_observer))
+    qmap = activation_observers(qmap, config.observer)
     qmap = qmap.set_object_type(KeepFloat, None)
     custom = PrepareCustomConfig().set_non_traceable_module_classes([KeepFloat])
 
@@ -161,6 +164,7 @@ def quantize_split(
             raise QuantizationError(
                 f"prepare_fx failed on '{name}': {exc}".splitlines()[0], f"keep it in fp32 with --skip name:{name}"
             ) from exc
+        free_fixed_inputs(prepared[name], qmap.global_qconfig.activation)
         _set(work, name, prepared[name])
     with torch.no_grad():
         calibrate(work)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,6 +43,13 @@ class KeepFloat(nn.Module):
 
     def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         return self.inner(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        # models read their layers' attributes in forward (timm's edgenext: token_projection.weight.dtype)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("inner"), name)
 
 
 def sqnr_db(ref: torch.Tensor, test: torch.Tensor) -> float:

@@ -232,6 +232,18 @@ def _import_torchao() -> None:
         logging.disable(logging.NOTSET)
 
 
+def reduce_range(config: QuantConfig) -> bool:
+    """7-bit activations unless the CPU has VNNI (``pt2e_reduce_range``: auto/on/off).
+
+    Without VNNI oneDNN multiplies u8 x s8 pairs into saturating int16; 7-bit activations keep the sum
+    in range. The reference (eager) kernels do not saturate, so only the compiled program shows it.
+    """
+    from ptsq.engines.onnx import _option, has_vnni
+
+    choice = _option(config, "pt2e_reduce_range", ("auto", "on", "off"))
+    return (not has_vnni()) if choice == "auto" else choice == "on"
+
+
 def _quantizer(config: QuantConfig, skipped: dict[str, str]) -> Any:
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer,
@@ -239,7 +251,7 @@ def _quantizer(config: QuantConfig, skipped: dict[str, str]) -> Any:
     )
 
     q = X86InductorQuantizer()
-    q.set_global(get_default_x86_inductor_quantization_config())
+    q.set_global(get_default_x86_inductor_quantization_config(reduce_range=reduce_range(config)))
     for name in skipped:
         q.set_module_name_qconfig(name, None)
     return q
@@ -295,6 +307,7 @@ class Pt2eEngine:
         details: dict[str, Any] = {
             "capture": f"torch.export ({mode})",
             "quantizer": "torchao X86InductorQuantizer",
+            "reduce_range": reduce_range(config),
             "runtime": "inductor (freezing)",
         }
         module: nn.Module = converted

@@ -15,6 +15,11 @@ No calibration data: each activation's range is measured on the fly, per call. T
 
 The artifact is the FX engine's TorchScript file (manifest embedded, ``mode: dynamic``); it reloads
 with :func:`ptsq.load` in a process without the model code.
+
+``QuantConfig(engine="onnx")`` exports the model to ONNX instead and runs onnxruntime's dynamic
+quantizer (see ``ptsq.engines.onnx_dynamic``); the artifact is an ``.onnx`` file. Step 3's per-layer
+fallback is eager-only: the onnx path reports a missed budget in the notes. ``engine="auto"`` builds
+both, checks both against fp32 and keeps the faster faithful one (``ptsq.engines.auto``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from ptsq.quantized import QuantizedModel
 # Layer types torch.ao's dynamic quantization has int8 kernels for.
 SUPPORTED: tuple[type[nn.Module], ...] = (nn.Linear, nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
 DEFAULT_MIN_COSINE = 0.99
+DYNAMIC_ENGINES = ("fx", "onnx")
 MAX_FALLBACK_FRACTION = 0.5  # never put back more than half the layers: then dynamic mode is the wrong tool
 
 
@@ -149,6 +155,18 @@ def quantize_dynamic(
     config = config or QuantConfig(mode="dynamic")
     if config.mode != "dynamic":
         config = dataclasses.replace(config, mode="dynamic")
+    if config.engine == "auto":  # fx and onnx, fidelity-checked and timed; the fastest faithful one wins
+        from ptsq.engines.auto import quantize_dynamic_auto
+
+        return quantize_dynamic_auto(
+            model, example_inputs=example_inputs, backend=backend, config=config, check_inputs=check_inputs,
+            min_cosine=min_cosine, full_range=full_range, source=source,
+        )  # fmt: skip
+    if config.engine not in DYNAMIC_ENGINES:
+        raise ConfigError(
+            f"dynamic mode runs on the fx or onnx engine, not {config.engine!r}",
+            "choose --engine fx, onnx or auto",
+        )
     chosen = resolve_backend(backend if backend != "auto" else config.backend)
     activate(chosen)
     example = _args(example_inputs)
@@ -179,11 +197,26 @@ def quantize_dynamic(
         if not int8:
             raise ConfigError("skip rules keep every supported layer in fp32", "drop some --skip rules")
         torch.manual_seed(config.seed)
-        qmodel = _swap(model, int8, config.per_channel, full_range)
-        sims = per_sample_cosine(model, qmodel, checks)
         notes: list[str] = []
         sensitivity: dict[str, float] = {}
-        if min_cosine is not None and float(sims.mean()) < min_cosine:
+        onnx_rows, fp32_onnx = None, b""
+        if config.engine == "onnx":
+            from ptsq.engines import get_engine
+            from ptsq.engines.onnx_dynamic import quantize_onnx_dynamic
+
+            get_engine("onnx")  # a one-line error when onnxruntime is missing
+            qmodel, onnx_rows, onnx_details, notes, fp32_onnx = quantize_onnx_dynamic(
+                model, example, config, layers, fallback
+            )
+        else:
+            qmodel = _swap(model, int8, config.per_channel, full_range)
+        sims = per_sample_cosine(model, qmodel, checks)
+        if onnx_rows is not None and min_cosine is not None and float(sims.mean()) < min_cosine:
+            notes.append(
+                f"mean cosine {float(sims.mean()):.4f} is below the budget {min_cosine}; the onnx engine "
+                "does not put layers back to fp32 (use --engine fx, or keep layers fp32 with --skip)"
+            )
+        elif min_cosine is not None and float(sims.mean()) < min_cosine:
             qmodel, sims, sensitivity, put_back = _accuracy_control(
                 model, int8, checks, config.per_channel, full_range, min_cosine
             )
@@ -201,7 +234,7 @@ def quantize_dynamic(
         model.train(was_training)
     elapsed = time.perf_counter() - t0
 
-    rows = [
+    rows = onnx_rows or [
         LayerPrecision(n, type(m).__name__, "fp32" if n in fallback else "int8", fallback.get(n, ""))
         for n, m in layers.items()
     ]
@@ -221,11 +254,14 @@ def quantize_dynamic(
         "sensitivity": {k: round(v, 6) for k, v in sorted(sensitivity.items(), key=lambda kv: -kv[1])[:20]},
         "freeze": config.freeze,
     }
-    result = EngineResult(module=qmodel, precision=rows, notes=notes, details=details)
+    if onnx_rows is not None:
+        details = {**onnx_details, "min_cosine": min_cosine}
+    debug = {"fp32_onnx": fp32_onnx} if fp32_onnx else {}  # the exported fp32 model, for baselines
+    result = EngineResult(module=qmodel, precision=rows, notes=notes, details=details, debug=debug)
     calibration = {"samples": 0, "source": "none: dynamic mode measures activation ranges at run time"}
     manifest = build_manifest(
         model, example, "dynamic", chosen, config, check, [r.to_dict() for r in rows], details, notes,
-        calibration={**calibration, **(source or {})},
+        calibration={**calibration, **(source or {})}, engine=config.engine,
     )  # fmt: skip
     qm = QuantizedModel(result, manifest, example)
     qm.stats["seconds"] = round(elapsed, 2)
@@ -273,12 +309,13 @@ def build_manifest(
     *,
     calibration: dict[str, Any],
     preprocess: dict[str, Any] | None = None,
+    engine: str = "fx",
 ) -> dict[str, Any]:
     """The manifest fields every ptsq artifact carries (same keys as static mode's)."""
     return {
         "ptsq_version": ptsq.__version__,
         "torch_version": torch.__version__,
-        "engine": "fx",
+        "engine": engine,
         "mode": mode,
         "backend": backend,
         "quantized_engine": torch.backends.quantized.engine,

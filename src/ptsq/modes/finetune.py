@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterable, Sized
 from pathlib import Path
@@ -75,22 +76,31 @@ def finetune(
     freeze_bn_at: float = 0.3,
     freeze_observers_at: float = 0.6,
     max_steps: int | None = None,
+    calibration_batches: int = 8,
 ) -> dict[str, Any]:
     """Fine-tune a :func:`ptsq.qat.prepare` model with SGD (momentum 0.9) and cross-entropy.
 
     ``data`` is re-iterable (a DataLoader) yielding ``(inputs, labels)``; its ``len`` sets the
-    schedule. Returns the loss/accuracy history per epoch.
+    schedule. The first ``calibration_batches`` batches first set the quantization ranges in eval mode
+    (:func:`ptsq.qat.calibrate`), so training starts from the PTQ model rather than from ranges seen on
+    one train-mode batch. The learning rate decays from ``lr`` to 0 on a cosine over the steps, so the
+    last steps settle on the fixed grids instead of jumping between rounding levels. Returns the
+    loss/accuracy history per epoch.
     """
-    from ptsq.qat import Schedule
+    from ptsq.qat import Schedule, calibrate
 
     if epochs < 1 or lr <= 0:
         raise ConfigError(f"epochs={epochs}, lr={lr} are invalid", "use --epochs >= 1 and --lr > 0, e.g. 1e-4")
+    if calibration_batches < 0:
+        raise ConfigError(f"calibration_batches={calibration_batches} is negative", "use 0 to skip, e.g. 8")
     per_epoch = len(data) if isinstance(data, Sized) else None
     if per_epoch is None and max_steps is None:
         raise ConfigError("fine-tuning data has no length", "pass a DataLoader or max_steps")
     total = min(x for x in (per_epoch * epochs if per_epoch else None, max_steps) if x is not None)
     schedule = Schedule(total, freeze_bn_at=freeze_bn_at, freeze_observers_at=freeze_observers_at)
+    calibrated = calibrate(model, data, max_batches=calibration_batches) if calibration_batches else 0
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    cosine = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total)))
     loss_fn = nn.CrossEntropyLoss()
     history: list[dict[str, float]] = []
     step = 0
@@ -113,6 +123,7 @@ def finetune(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                cosine.step()
                 step += 1
                 seen += len(y)
                 correct += int((logits.argmax(1) == y).sum())
@@ -121,8 +132,8 @@ def finetune(
             if seen:
                 history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct / seen})
     model.eval()
-    return {"steps": step, "epochs": history, "lr": lr, "freeze_bn_at": freeze_bn_at,
-            "freeze_observers_at": freeze_observers_at}  # fmt: skip
+    return {"steps": step, "epochs": history, "lr": lr, "lr_schedule": "cosine", "freeze_bn_at": freeze_bn_at,
+            "freeze_observers_at": freeze_observers_at, "calibration_batches": calibrated}  # fmt: skip
 
 
 class _bar:

@@ -1,0 +1,306 @@
+"""OpenVINO int8: ``openvino.convert_model`` -> ``nncf.quantize`` -> OpenVINO IR run by the CPU plugin.
+
+The fp32 model is converted from the torch module itself (traced with the example inputs, dynamic
+shapes), quantized by NNCF's post-training pipeline on ptsq's calibration batches (min/max ranges,
+fast bias correction), and compiled by OpenVINO's CPU plugin, which picks int8 or fp32 kernels per
+layer for this CPU (on AVX2 it keeps depthwise convolutions in fp32). The artifact is one zip file
+holding the IR (``model.xml`` + ``model.bin``) and the ptsq manifest; loading returns a module that
+takes and returns torch tensors and runs on ``torch.get_num_threads()`` threads unless told otherwise.
+
+Engine options (``QuantConfig(extra=...)``): ``openvino_preset`` ``"performance"`` (default: symmetric
+activations and weights) or ``"mixed"`` (asymmetric activations); ``openvino_bias_correction``
+``"fast"`` (default), ``"accurate"`` or ``"off"``; ``openvino_model_type`` ``"cnn"`` (default) or
+``"transformer"`` (NNCF's transformer scheme: SmoothQuant, fewer quantized ops).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import re
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ptsq.config import QuantConfig
+from ptsq.engines import register
+from ptsq.engines.base import EngineResult, LayerPrecision
+from ptsq.errors import ConfigError, QuantizationError, TraceError, first_line
+
+# entries of the artifact zip; the manifest name doubles as the format marker can_load looks for
+MANIFEST_ENTRY = "ptsq_openvino/manifest.json"
+XML_ENTRY = "ptsq_openvino/model.xml"
+BIN_ENTRY = "ptsq_openvino/model.bin"
+
+PRESETS = ("performance", "mixed")
+BIAS_CORRECTION = ("fast", "accurate", "off")
+MODEL_TYPES = ("cnn", "transformer")
+
+# CPU-plugin layer types worth listing in the precision map (what the user would call a layer)
+_LISTED = {
+    "Convolution", "Deconvolution", "FullyConnected", "MatMul", "Pooling", "Eltwise", "Reduce",
+    "Interpolate", "MVN", "Softmax", "Concatenation",
+}  # fmt: skip
+_MODULE = re.compile(r"__module\.([^/]+)/")
+
+
+def _option(config: QuantConfig, key: str, choices: tuple[str, ...]) -> str:
+    value = str(config.extra.get(key, choices[0])).lower()
+    if value not in choices:
+        raise ConfigError(f"{key} {value!r} is unknown", f"choose one of: {', '.join(choices)}")
+    return value
+
+
+def _to_numpy(args: tuple[Any, ...]) -> tuple[np.ndarray, ...]:
+    return tuple(a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a) for a in args)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """NNCF draws progress bars and logs advice; ptsq reports through its own notes."""
+    logging.disable(logging.WARNING)
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _conv_behind_norm(model: nn.Module, example_args: tuple[Any, ...]) -> dict[str, str]:
+    """norm layer -> the conv/linear feeding it, from one forward pass.
+
+    ``convert_model`` folds BatchNorm into the preceding convolution and the folded node loses the
+    convolution's name; the norm's name survives, so this map names the layer after its conv again.
+    """
+    produced: dict[int, str] = {}
+    found: dict[str, str] = {}
+    hooks = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
+            hooks.append(mod.register_forward_hook(lambda m, i, o, n=name: produced.__setitem__(id(o), n)))
+        elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            hooks.append(
+                mod.register_forward_hook(
+                    lambda m, i, o, n=name: found.__setitem__(n, produced[id(i[0])]) if id(i[0]) in produced else None
+                )
+            )
+    try:
+        with torch.inference_mode():
+            model(*example_args)
+    finally:
+        for h in hooks:
+            h.remove()
+    return found
+
+
+def _torch_names(ov_model: Any, behind_norm: dict[str, str]) -> dict[str, str]:
+    """OpenVINO node name -> torch module name, for the nodes that can be traced back to one."""
+    names: dict[str, str] = {}
+    for op in ov_model.get_ordered_ops():
+        m = _MODULE.match(op.get_friendly_name())
+        if m:
+            names[op.get_friendly_name()] = m.group(1)
+    for op in ov_model.get_ordered_ops():
+        if op.get_friendly_name() in names or op.get_type_name() not in ("Convolution", "GroupConvolution"):
+            continue
+        for target in (t for out in op.outputs() for t in out.get_target_inputs()):
+            norm = names.get(target.get_node().get_friendly_name())
+            if norm in behind_norm:
+                names[op.get_friendly_name()] = behind_norm[norm]
+    return names
+
+
+def _ignored(names: dict[str, str], skipped: dict[str, str]) -> list[str]:
+    return [n for n, mod in names.items() if any(mod == k or mod.startswith(k + ".") for k in skipped)]
+
+
+def precision_map(compiled: Any, names: dict[str, str], skipped: dict[str, str]) -> list[LayerPrecision]:
+    """Where the CPU plugin runs each layer of the compiled model (its runtime precision, per node)."""
+    rows: list[LayerPrecision] = []
+    seen: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        kind = info["layerType"].astype(str)
+        if kind not in _LISTED:
+            continue
+        fused = [n for n in info["originalLayersNames"].astype(str).split(",") if n]
+        mod = next((names[n] for n in fused if n in names), "")
+        name = mod or op.get_friendly_name()
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            name = f"{name}#{seen[name]}"
+        prec = info["runtimePrecision"].astype(str)
+        if prec in ("u8", "i8"):
+            rows.append(LayerPrecision(name, kind, "int8"))
+            continue
+        reason = next((r for k, r in skipped.items() if mod == k or mod.startswith(k + ".")), "")
+        rows.append(
+            LayerPrecision(name, kind, "fp32", reason or f"OpenVINO's CPU plugin runs it in {prec} on this CPU")
+        )
+    return rows
+
+
+class OpenVinoModule(nn.Module):
+    """Runs an OpenVINO IR with the CPU plugin; takes and returns torch tensors.
+
+    ``threads`` sets ``INFERENCE_NUM_THREADS``; ``None`` follows ``torch.get_num_threads()`` at call
+    time (so ``ptsq bench --threads`` and ``torch.set_num_threads`` apply to it too).
+    """
+
+    def __init__(self, xml: bytes, weights: bytes, threads: int | None = None) -> None:
+        super().__init__()
+        self.xml, self.weights, self.threads = xml, weights, threads
+        self._request: Any = None
+        self._compiled: Any = None
+        self._request_threads = 0
+
+    def compiled(self) -> Any:
+        import openvino as ov
+
+        n = self.threads or torch.get_num_threads()
+        if self._compiled is None or n != self._request_threads:
+            core = ov.Core()
+            model = core.read_model(model=self.xml, weights=ov.Tensor(np.frombuffer(self.weights, np.uint8).copy()))
+            # f32 as the float precision: on bf16/AMX CPUs the plugin would otherwise run fp32 layers in bf16
+            props = {"INFERENCE_NUM_THREADS": n, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+            self._compiled = core.compile_model(model, "CPU", props)
+            self._request = self._compiled.create_infer_request()
+            self._request_threads = n
+        return self._compiled
+
+    def forward(self, *args: Any) -> Any:
+        self.compiled()
+        outs = self._request.infer(list(_to_numpy(args)), share_inputs=True, share_outputs=False)
+        tensors = [torch.from_numpy(np.asarray(v)) for v in outs.values()]
+        return tensors[0] if len(tensors) == 1 else tuple(tensors)
+
+    def __getstate__(self) -> dict[str, Any]:  # compiled models do not pickle or deep-copy
+        state = self.__dict__.copy()
+        state["_compiled"] = state["_request"] = None
+        return state
+
+
+def _serialize(ov_model: Any) -> tuple[bytes, bytes]:
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory(prefix="ptsq-openvino-") as d:
+        xml = Path(d) / "model.xml"
+        ov.save_model(ov_model, str(xml), compress_to_fp16=False)  # fp32 layers stay bit-exact
+        return xml.read_bytes(), xml.with_suffix(".bin").read_bytes()
+
+
+@register("openvino")
+class OpenVinoEngine:
+    name = "openvino"
+    suffix = ".ov"
+
+    def quantize(
+        self,
+        model: nn.Module,
+        calibrate: Callable[[Callable[..., Any]], int],
+        example_args: tuple[Any, ...],
+        config: QuantConfig,
+        backend: str,
+    ) -> EngineResult:
+        import nncf
+        import openvino as ov
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+
+        from ptsq.engines.fx import _skip_targets
+
+        preset = _option(config, "openvino_preset", PRESETS)
+        bias = _option(config, "openvino_bias_correction", BIAS_CORRECTION)
+        model_type = _option(config, "openvino_model_type", MODEL_TYPES)
+        work = copy.deepcopy(model).eval()
+        skipped = _skip_targets(work, config)
+        try:
+            with _quiet():
+                fp32 = ov.convert_model(work, example_input=example_args)
+        except Exception as exc:  # the converter raises many types
+            raise TraceError(
+                f"OpenVINO could not convert the model: {first_line(exc)}",
+                "try --engine fx, --engine pt2e or --engine onnx",
+            ) from None
+        names = _torch_names(fp32, _conv_behind_norm(work, example_args))
+
+        batches: list[tuple[np.ndarray, ...]] = []
+        calibrate(lambda *a: batches.append(_to_numpy(a)))
+        data = nncf.Dataset(batches, lambda b: b[0] if len(b) == 1 else list(b))
+        advanced = AdvancedQuantizationParameters(
+            disable_bias_correction=bias == "off",
+            weights_quantization_params=None if config.per_channel else QuantizationParameters(per_channel=False),
+        )
+        ignored = _ignored(names, skipped)
+        try:
+            with _quiet():
+                int8 = nncf.quantize(
+                    fp32,
+                    data,
+                    preset=nncf.QuantizationPreset.PERFORMANCE
+                    if preset == "performance"
+                    else nncf.QuantizationPreset.MIXED,
+                    subset_size=max(1, len(batches)),  # NNCF counts dataset items, here batches
+                    fast_bias_correction=bias != "accurate",
+                    model_type=nncf.ModelType.TRANSFORMER if model_type == "transformer" else None,
+                    ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None,
+                    advanced_parameters=advanced,
+                )
+        except Exception as exc:
+            raise QuantizationError(
+                f"nncf.quantize failed: {first_line(exc)}", "try --engine onnx or --engine fx"
+            ) from exc
+        xml, weights = _serialize(int8)
+        module = OpenVinoModule(xml, weights).eval()
+        notes = [f"'{n}' {r}" for n, r in skipped.items()]
+        details = {
+            "preset": preset,
+            "bias_correction": bias,
+            "model_type": model_type,
+            "weights": "int8 per-channel" if config.per_channel else "int8 per-tensor",
+            "calibration_method": "minmax",
+            "openvino": ov.get_version().split("-")[0],
+            "nncf": nncf.__version__,
+            "runtime": "OpenVINO CPU plugin",
+        }
+        return EngineResult(
+            module=module, precision=precision_map(module.compiled(), names, skipped), notes=notes, details=details
+        )
+
+    def save(self, result: EngineResult, path: Path, manifest_json: str, example_args: tuple[Any, ...]) -> nn.Module:
+        module = result.module
+        if not isinstance(module, OpenVinoModule):
+            raise QuantizationError("the openvino engine can only save its own results", "report this to ptsq")
+        # stored, not deflated: the weights are int8 already and loading stays a plain read
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+            zf.writestr(MANIFEST_ENTRY, manifest_json)
+            zf.writestr(XML_ENTRY, module.xml)
+            zf.writestr(BIN_ENTRY, module.weights)
+        return module
+
+    def can_load(self, path: Path) -> bool:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return MANIFEST_ENTRY in zf.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return False
+
+    def load(self, path: Path) -> tuple[nn.Module, str]:
+        with zipfile.ZipFile(path) as zf:
+            text = zf.read(MANIFEST_ENTRY).decode()
+            module = OpenVinoModule(zf.read(XML_ENTRY), zf.read(BIN_ENTRY)).eval()
+        module.compiled()  # fail here (not on the first call) if OpenVINO cannot run the file
+        return module, text
