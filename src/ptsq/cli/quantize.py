@@ -15,6 +15,7 @@ from ptsq.cli import _accuracy as acc
 from ptsq.cli import _options as o
 from ptsq.cli._errors import guarded
 from ptsq.cli._output import Output, human_bytes
+from ptsq.engines import available_engines
 
 EXAMPLES = """
 Examples:
@@ -55,7 +56,10 @@ def quantize_cmd(
     trust_pickle: o.TrustOpt = False,
     backend: Annotated[str, typer.Option("--backend", help="auto | x86 | fbgemm | onednn | qnnpack")] = "auto",
     engine: Annotated[
-        str, typer.Option("--engine", help="fx | pt2e | onnx | auto (try all, keep the fastest faithful one).")
+        str,
+        typer.Option(
+            "--engine", help=f"{' | '.join(available_engines())} | auto (try all, keep the fastest faithful one)."
+        ),
     ] = "fx",
     input_size: o.InputSizeOpt = None,
     preset_name: o.PresetOpt = None,
@@ -243,6 +247,6 @@ def render_auto(console: Console, a: dict[str, Any]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("quantize", help="Quantize a model to int8 (static; engines fx, pt2e, onnx or auto).\n" + EXAMPLES)(
-        guarded(quantize_cmd)
-    )
+    app.command(
+        "quantize", help=f"Quantize a model to int8 (engines {', '.join(available_engines())} or auto).\n" + EXAMPLES
+    )(guarded(quantize_cmd))
