@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -169,7 +170,10 @@ def test_interrupt_during_calibration_writes_nothing(sig, tmp_path, repo_root):
     env = {**os.environ, "PYTHONPATH": str(repo_root)}
     cmd = [sys.executable, "-m", "ptsq.cli.main", "quantize", "torchvision:resnet50", "--calib", str(d),
            "-o", str(out), "--input-size", "160", "--num-calib", "400", "--batch-size", "8"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # a shell's background job (`make test &`) starts with SIGINT ignored, and children inherit that:
+    # restore the default a foreground command has, so Ctrl-C reaches it
+    sigint = functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=sigint)
     # wait until the command is past imports and model loading (slow on a loaded machine), then some more:
     # calibrating 400 images through resnet50 takes minutes
     first = proc.stderr.readline()
