@@ -61,18 +61,36 @@ def quantize_auto(
     if not batches:
         raise DataError("the calibration data is empty", "give at least one batch of inputs")
     margin = float(config.extra.get("auto_margin_db", AUTO_MARGIN_DB))
+
+    def run(name: str) -> QuantizedModel:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a poor engine is reported in the table, not warned about
+            return quantize(
+                model, batches, example_inputs=example_inputs, backend=backend,
+                config=dataclasses.replace(config, engine=name), progress=progress, preprocess=preprocess,
+                source=source,
+            )  # fmt: skip
+
+    rows, done, passing = _compare(
+        engines_to_try(config), run, "top1_agreement", margin,
+        ("no engine's int8 model passed the fidelity check against fp32",
+         "check the calibration data, or keep sensitive layers fp32 with --skip"),
+    )  # fmt: skip
+
+    example = first_sample(batches[0]) if example_inputs is None else tuple(example_inputs)
+    return _fastest(model, done, rows, passing, example, config, progress, margin)
+
+
+def _compare(
+    names: list[str], run: Callable[[str], QuantizedModel], metric: str, margin: float, none_passed: tuple[str, str]
+) -> tuple[list[dict[str, Any]], dict[str, QuantizedModel], list[str]]:
+    """Quantize with each engine; a row per engine, passing only if within ``margin`` dB of the best."""
     rows: list[dict[str, Any]] = []
     done: dict[str, QuantizedModel] = {}
-    for name in engines_to_try(config):
-        cfg = dataclasses.replace(config, engine=name)
+    for name in names:
         row: dict[str, Any] = {"engine": name}
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # a poor engine is reported in the table, not warned about
-                qm = quantize(
-                    model, batches, example_inputs=example_inputs, backend=backend, config=cfg,
-                    progress=progress, preprocess=preprocess, source=source,
-                )  # fmt: skip
+            qm = run(name)
         except PtsqError as exc:
             rows.append({**row, "status": "failed", "why": exc.message})
             continue
@@ -80,10 +98,10 @@ def quantize_auto(
         counts = qm.summary()["layers"]
         row.update(
             sqnr_db=round(chk["sqnr_db"], 2),
-            top1_agreement=chk.get("top1_agreement"),
             int8_layers=counts["int8"],
             fp32_layers=counts["fp32"],
             status="passed" if chk.get("passed") else "poor",
+            **{metric: chk.get(metric)},
         )
         rows.append(row)
         done[name] = qm
@@ -97,13 +115,8 @@ def quantize_auto(
             r["why"] = f"SQNR more than {margin:g} dB below the best engine's"
     passing = [r["engine"] for r in rows if r.get("status") == "passed"]
     if not passing:
-        raise QuantizationError(
-            "no engine's int8 model passed the fidelity check against fp32",
-            "check the calibration data, or keep sensitive layers fp32 with --skip",
-        )
-
-    example = first_sample(batches[0]) if example_inputs is None else tuple(example_inputs)
-    return _fastest(model, done, rows, passing, example, config, progress, margin)
+        raise QuantizationError(*none_passed)
+    return rows, done, passing
 
 
 def _fastest(
@@ -174,42 +187,17 @@ def quantize_dynamic_auto(
 
     names = [n for n in engines_to_try(config) if n in DYNAMIC_ENGINES]
     margin = float(config.extra.get("auto_margin_db", AUTO_MARGIN_DB))
-    rows: list[dict[str, Any]] = []
-    done: dict[str, QuantizedModel] = {}
-    for name in names:
-        row: dict[str, Any] = {"engine": name}
-        try:
-            qm = quantize_dynamic(
-                model, example_inputs=example_inputs, backend=backend, config=dataclasses.replace(config, engine=name),
-                check_inputs=check_inputs, min_cosine=min_cosine, full_range=full_range, source=source,
-            )  # fmt: skip
-        except PtsqError as exc:
-            rows.append({**row, "status": "failed", "why": exc.message})
-            continue
-        chk = qm.manifest["check"]
-        counts = qm.summary()["layers"]
-        row.update(
-            sqnr_db=round(chk["sqnr_db"], 2),
-            cosine_mean=chk.get("cosine_mean"),
-            int8_layers=counts["int8"],
-            fp32_layers=counts["fp32"],
-            status="passed" if chk.get("passed") else "poor",
-        )
-        rows.append(row)
-        done[name] = qm
-    if not done:
-        why = "; ".join(f"{r['engine']}: {r['why']}" for r in rows)
-        raise QuantizationError(f"no engine could quantize the model ({why})", "run one engine with --engine NAME")
-    best = max(r["sqnr_db"] for r in rows if "sqnr_db" in r)
-    for r in rows:
-        if r.get("status") == "passed" and r["sqnr_db"] < best - margin:
-            r["status"] = "poor"
-            r["why"] = f"SQNR more than {margin:g} dB below the best engine's"
-    passing = [r["engine"] for r in rows if r.get("status") == "passed"]
-    if not passing:
-        raise QuantizationError(
-            "no engine's dynamic int8 model reached the cosine budget against fp32",
-            "lower --min-cosine, or keep sensitive layers fp32 with --skip",
-        )
+
+    def run(name: str) -> QuantizedModel:
+        return quantize_dynamic(
+            model, example_inputs=example_inputs, backend=backend, config=dataclasses.replace(config, engine=name),
+            check_inputs=check_inputs, min_cosine=min_cosine, full_range=full_range, source=source,
+        )  # fmt: skip
+
+    rows, done, passing = _compare(
+        names, run, "cosine_mean", margin,
+        ("no engine's dynamic int8 model reached the cosine budget against fp32",
+         "lower --min-cosine, or keep sensitive layers fp32 with --skip"),
+    )  # fmt: skip
     example = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     return _fastest(model, done, rows, passing, example, config, progress=False, margin=margin)
