@@ -102,3 +102,36 @@ def test_speed_guard_reports_layers_it_keeps_fp32():
     slow = [v for v in qm.precision.values() if "slower than fp32" in v.get("reason", "")]
     assert slow and all(v["precision"] == "fp32" for v in slow)
     assert all("x slower" in v["reason"] for v in slow)
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """timm-style BatchNorm + activation in one module: tracing turns it into F.batch_norm + SiLU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return F.silu(x)
+
+
+class TimmStyle(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = BatchNormAct(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.bn2 = BatchNormAct(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.dw(self.bn1(self.conv(x))))
+
+
+def test_functional_batch_norm_after_a_conv_is_folded_without_touching_the_model():
+    torch.manual_seed(0)
+    model = randomize_bn(TimmStyle()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    ref = model(x)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cleaned, notes = cleanup(model, ("fold-bn",))
+    assert torch.allclose(cleaned(x), ref, rtol=1e-4, atol=1e-5)
+    assert not any(n.target is F.batch_norm for n in cleaned.graph.nodes)
+    assert "2 BatchNorms folded" in " ".join(notes)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -18,6 +18,7 @@ The fp32 outputs before and after the graph rewrites agree to float rounding (te
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -153,15 +154,67 @@ def _fold_pads(gm: fx.GraphModule) -> int:
     return count
 
 
+def _replace(gm: fx.GraphModule, target: str, new: nn.Module) -> None:
+    _evict_children(gm, target)
+    parent, _, leaf = target.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, leaf, new)
+
+
+def _value_users(node: fx.Node) -> int:
+    """Users of ``node`` other than reads of its shape/dtype (timm asserts ``x.ndim == 4`` before a BN),
+    which folding the BN into the producer leaves valid."""
+    meta = {"ndim", "shape", "dtype", "device"}
+    return sum(
+        not (
+            (u.op == "call_function" and u.target is getattr and len(u.args) == 2 and u.args[1] in meta)
+            or (u.op == "call_method" and u.target in ("dim", "size"))
+        )
+        for u in node.users
+    )
+
+
+def _calls(gm: fx.GraphModule, target: str) -> int:
+    return sum(n.op == "call_module" and n.target == target for n in gm.graph.nodes)
+
+
+def _fold_functional_bn(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """``F.batch_norm`` on fixed statistics after a conv (timm's BatchNormAct2d traces to this)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    src = node.args[0]
+    layer = _module(gm, src)
+    if type(layer) not in (nn.Conv1d, nn.Conv2d) or _value_users(src) != 1 or _calls(gm, str(src.target)) != 1:
+        return False
+    if _arg(node, 5, "training", False) is not False:
+        return False
+    mean, var = _attr(gm, _arg(node, 1, "running_mean", None)), _attr(gm, _arg(node, 2, "running_var", None))
+    w_node, b_node = _arg(node, 3, "weight", None), _arg(node, 4, "bias", None)
+    weight, bias = _attr(gm, w_node), _attr(gm, b_node)
+    eps = _arg(node, 7, "eps", 1e-5)
+    if mean is None or var is None or not isinstance(eps, float):
+        return False
+    if (w_node is not None and weight is None) or (b_node is not None and bias is None):
+        return False  # affine parameters computed at run time
+    fused = copy.deepcopy(layer)  # the module may be the caller's own: never change it in place
+    fused.weight, fused.bias = fuse_conv_bn_weights(layer.weight, layer.bias, mean, var, eps, weight, bias)
+    _replace(gm, str(src.target), fused)
+    node.replace_all_uses_with(src)
+    gm.graph.erase_node(node)
+    return True
+
+
 def _fold_bn(gm: fx.GraphModule) -> int:
     count = 0
     for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target is F.batch_norm:
+            count += _fold_functional_bn(gm, node)
+            continue
         bn = _module(gm, node)
         if not isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) or not bn.track_running_stats:
             continue
         src = node.args[0]
         layer = _module(gm, src)
-        if layer is None or len(src.users) != 1:
+        if layer is None or _value_users(src) != 1:
             continue
         if type(layer) in (nn.Conv1d, nn.Conv2d):
             fused = fuse_conv_bn_eval(layer.eval(), bn.eval())
@@ -169,9 +222,7 @@ def _fold_bn(gm: fx.GraphModule) -> int:
             fused = fuse_linear_bn_eval(layer.eval(), bn.eval())
         else:
             continue
-        _evict_children(gm, str(src.target))
-        parent, _, leaf = str(src.target).rpartition(".")
-        setattr(gm.get_submodule(parent) if parent else gm, leaf, fused)
+        _replace(gm, str(src.target), fused)
         node.replace_all_uses_with(src)
         gm.graph.erase_node(node)
         count += 1
