@@ -259,7 +259,7 @@ class FxEngine:
             if means is not None and (n := correct_biases(means, qmap.global_qconfig.weight)):
                 notes.append(f"bias correction: {n} conv/linear biases corrected for int8 weight rounding")
             if "clamp-ranges" in config.cleanup and (n := clamp_ranges(prepared)):
-                notes.append(f"clean-up: {n} activations quantized over their ReLU6/clamp range")
+                notes.append(f"clean-up: {n} activations quantized over their ReLU/ReLU6/clamp range")
             observed = copy.deepcopy(prepared)
             try:
                 converted = convert_fx(prepared)

@@ -170,7 +170,7 @@ def quantize_split(
         calibrate(work)
     clamped = sum(clamp_ranges(p) for p in prepared.values()) if "clamp-ranges" in config.cleanup else 0
     if clamped:
-        notes.append(f"clean-up: {clamped} activations quantized over their ReLU6/clamp range")
+        notes.append(f"clean-up: {clamped} activations quantized over their ReLU/ReLU6/clamp range")
     rows: list[LayerPrecision] = list(shells) + rows_skipped
     for name, p in prepared.items():
         try:
