@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         order=40,
         notes=[
             "plain = FX graph mode + torch's default x86 qconfig, no clean-up, no kernel probes, no speed guard.",
-            "ptsq defaults = QuantConfig(): clean-up (conv modules, pad/BN folding, CLE, ReLU6 range clamp, "
+            "ptsq defaults = QuantConfig(): clean-up (conv modules, pad/BN folding, CLE, ReLU/ReLU6 range clamp, "
             "bias correction), histogram observer, kernel probes, speed guard.",
             "budget = ptsq.quantize_with_budget on the defaults; evaluated on data disjoint from the table's "
             "evaluation set (held-back calibration batches, or a separate labelled split), except EfficientNet-Lite0.",

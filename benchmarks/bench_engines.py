@@ -396,7 +396,7 @@ def _write(results: list[dict], quick: bool) -> None:
             "issue's figures (ms)",
         ],
         rows=rows,
-        command="nice -n 10 python -m benchmarks.bench_engines" + (" --quick" if quick else ""),
+        command="python -m benchmarks.bench_engines" + (" --quick" if quick else ""),
         order=30,
         notes=notes,
         extra={"results": results},
