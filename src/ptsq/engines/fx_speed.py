@@ -68,6 +68,16 @@ def _ratio(key: tuple[Any, ...], backend: str) -> float:
     return i8_ms / max(fp_ms, 1e-6)
 
 
+@functools.lru_cache(maxsize=4096)
+def _verdict(key: tuple[Any, ...], backend: str, margin: float) -> float:
+    """The ratio a decision is made on, fixed for the process: every quantization in it (the accuracy
+    budget's re-quantizations, a benchmark's recipes) then keeps the same layers fp32."""
+    ratio = _ratio(key, backend)
+    if ratio > margin:  # a slow verdict must survive a second, independent measurement
+        ratio = min(ratio, _ratio.__wrapped__(key, backend))
+    return ratio
+
+
 def slow_layers(model: nn.Module, example_args: tuple[Any, ...], backend: str, margin: float) -> dict[str, str]:
     """Qualified names of layers whose int8 kernel is over ``margin`` times slower than fp32, with why."""
     shapes: dict[str, tuple[int, ...]] = {}
@@ -90,9 +100,7 @@ def slow_layers(model: nn.Module, example_args: tuple[Any, ...], backend: str, m
     for name, shape in shapes.items():
         try:
             key = _key(model.get_submodule(name), shape)
-            ratio = _ratio(key, backend)
-            if ratio > margin:  # a slow verdict must survive a second, independent measurement
-                ratio = min(ratio, _ratio.__wrapped__(key, backend))
+            ratio = _verdict(key, backend, margin)
         except Exception:  # a layer the backend cannot quantize alone: nothing to compare
             continue
         if ratio > margin:
