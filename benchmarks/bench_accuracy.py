@@ -143,6 +143,8 @@ def run_case(case: Case) -> list[list[Any]]:
     recipes: dict[str, Any] = {}
     recipes["plain"] = _quiet_quantize(case.model, case.calib, PLAIN)
     recipes["ptsq defaults"] = _quiet_quantize(case.model, case.calib, QuantConfig())
+    # everything that has a correct int8 kernel in int8 (the speed guard keeps slow ones fp32 by default)
+    recipes["defaults, speed guard off"] = _quiet_quantize(case.model, case.calib, QuantConfig(speed_guard=0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = quantize_with_budget(case.model, case.calib, config=QuantConfig(), latency_runs=0, **case.budget)
@@ -214,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         notes=[
             "plain = FX graph mode + torch's default x86 qconfig, no clean-up, no kernel probes, no speed guard.",
             "ptsq defaults = QuantConfig(): clean-up (conv modules, pad/BN folding, CLE, ReLU/ReLU6 range clamp, "
-            "bias correction), histogram observer, kernel probes, speed guard.",
+            "bias correction), histogram observer, kernel probes, speed guard; 'speed guard off' = every layer with a "
+            "correct int8 kernel in int8.",
             "budget = ptsq.quantize_with_budget on the defaults; evaluated on data disjoint from the table's "
             "evaluation set (held-back calibration batches, or a separate labelled split), except EfficientNet-Lite0.",
             "EfficientNet-Lite0: calibration on 80 augmented photos disjoint from the 20 ImageNet photos; its budget "
