@@ -10,7 +10,10 @@ takes and returns torch tensors and runs on ``torch.get_num_threads()`` threads 
 Engine options (``QuantConfig(extra=...)``): ``openvino_preset`` ``"performance"`` (default: symmetric
 activations and weights) or ``"mixed"`` (asymmetric activations); ``openvino_bias_correction``
 ``"fast"`` (default), ``"accurate"`` or ``"off"``; ``openvino_model_type`` ``"cnn"`` (default) or
-``"transformer"`` (NNCF's transformer scheme: SmoothQuant, fewer quantized ops).
+``"transformer"`` (NNCF's transformer scheme: SmoothQuant, fewer quantized ops); ``openvino_overflow_fix``
+``"auto"`` (default: 7-bit weights in every layer on CPUs without VNNI, first layer only with it),
+``"first_layer"``, ``"all"`` or ``"off"``. EfficientNet-Lite0 here (AVX2, no VNNI), SQNR vs fp32 on
+the 20 ImageNet photos: off 7.2 dB, first_layer (NNCF's default) 10.2 dB, all 12.8 dB.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ BIN_ENTRY = "ptsq_openvino/model.bin"
 PRESETS = ("performance", "mixed")
 BIAS_CORRECTION = ("fast", "accurate", "off")
 MODEL_TYPES = ("cnn", "transformer")
+OVERFLOW_FIX = ("auto", "first_layer", "all", "off")  # NNCF: 7-bit weights where u8 x s8 saturates (no VNNI)
 
 # CPU-plugin layer types worth listing in the precision map (what the user would call a layer)
 _LISTED = {
@@ -240,7 +244,17 @@ class OpenVinoEngine:
         batches: list[tuple[np.ndarray, ...]] = []
         calibrate(lambda *a: batches.append(_to_numpy(a)))
         data = nncf.Dataset(batches, lambda b: b[0] if len(b) == 1 else list(b))
+        overflow = _option(config, "openvino_overflow_fix", OVERFLOW_FIX)
+        if overflow == "auto":  # without VNNI the CPU plugin's u8 x s8 kernels saturate in 16 bits
+            from ptsq.engines.onnx import has_vnni
+
+            overflow = "first_layer" if has_vnni() else "all"
         advanced = AdvancedQuantizationParameters(
+            overflow_fix={
+                "first_layer": nncf.OverflowFix.FIRST_LAYER,
+                "all": nncf.OverflowFix.ENABLE,
+                "off": nncf.OverflowFix.DISABLE,
+            }[overflow],
             disable_bias_correction=bias == "off",
             weights_quantization_params=None if config.per_channel else QuantizationParameters(per_channel=False),
         )
@@ -269,6 +283,7 @@ class OpenVinoEngine:
         details = {
             "preset": preset,
             "bias_correction": bias,
+            "overflow_fix": overflow,
             "model_type": model_type,
             "weights": "int8 per-channel" if config.per_channel else "int8 per-tensor",
             "calibration_method": "minmax",
