@@ -69,3 +69,20 @@ class Engine(Protocol):
         ...
 
     def can_load(self, path: Path) -> bool: ...
+
+
+def engine_option(config: QuantConfig, key: str, choices: tuple[str, ...]) -> str:
+    """An engine option from ``config.extra`` (default: the first choice); unknown values are an error."""
+    from ptsq.errors import ConfigError
+
+    value = str(config.extra.get(key, choices[0])).lower()
+    if value not in choices:
+        raise ConfigError(f"{key} {value!r} is unknown", f"choose one of: {', '.join(choices)}")
+    return value
+
+
+def to_numpy(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Tensors (and array-likes) as numpy arrays, for runtimes outside torch."""
+    import numpy as np
+
+    return tuple(a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a) for a in args)

@@ -41,8 +41,8 @@ from torch import nn
 
 from ptsq.config import QuantConfig
 from ptsq.engines import register
-from ptsq.engines.base import EngineResult, LayerPrecision
-from ptsq.errors import ConfigError, QuantizationError, TraceError, first_line
+from ptsq.engines.base import EngineResult, LayerPrecision, engine_option, to_numpy
+from ptsq.errors import QuantizationError, TraceError, first_line
 
 MANIFEST_KEY = "ptsq_manifest"
 OPSET = 18
@@ -64,13 +64,6 @@ def has_vnni() -> bool:
     from ptsq.bench import _cpu_flags
 
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
-
-
-def _option(config: QuantConfig, key: str, choices: tuple[str, ...]) -> str:
-    value = str(config.extra.get(key, choices[0])).lower()
-    if value not in choices:
-        raise ConfigError(f"{key} {value!r} is unknown", f"choose one of: {', '.join(choices)}")
-    return value
 
 
 def _batch2(args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -267,10 +260,6 @@ def _no_logging() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
-def _to_numpy(args: tuple[Any, ...]) -> tuple[np.ndarray, ...]:
-    return tuple(a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a) for a in args)
-
-
 def _excluded(model: Any, skipped: dict[str, str]) -> list[str]:
     out = []
     for n in model.graph.node:
@@ -326,18 +315,18 @@ class OnnxEngine:
 
         from ptsq.engines.fx import _skip_targets
 
-        fmt = _option(config, "onnx_format", FORMATS)
-        method = _option(config, "onnx_calibration", METHODS)
-        acts = _option(config, "onnx_activations", ACTIVATIONS)
-        exporter = _option(config, "onnx_exporter", EXPORTERS)
-        weights = _option(config, "onnx_weights", ("int8", "uint8"))
-        reduce = _option(config, "onnx_reduce_range", ("auto", "on", "off"))
+        fmt = engine_option(config, "onnx_format", FORMATS)
+        method = engine_option(config, "onnx_calibration", METHODS)
+        acts = engine_option(config, "onnx_activations", ACTIVATIONS)
+        exporter = engine_option(config, "onnx_exporter", EXPORTERS)
+        weights = engine_option(config, "onnx_weights", ("int8", "uint8"))
+        reduce = engine_option(config, "onnx_reduce_range", ("auto", "on", "off"))
         reduce_range = (weights == "int8" and not has_vnni()) if reduce == "auto" else reduce == "on"
         work = copy.deepcopy(model).eval()
         skipped = _skip_targets(work, config)
         notes = [f"'{n}' {r}" for n, r in skipped.items()]
         batches: list[tuple[np.ndarray, ...]] = []
-        calibrate(lambda *a: batches.append(_to_numpy(a)))
+        calibrate(lambda *a: batches.append(to_numpy(a)))
         if not skipped:  # skip rules name the original layers; clean-up may rename some
             work, cleaned = prepare_for_onnx(work, config)
             notes.extend(cleaned)

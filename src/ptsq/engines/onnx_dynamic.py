@@ -31,8 +31,8 @@ from typing import Any
 from torch import nn
 
 from ptsq.config import QuantConfig
-from ptsq.engines.base import LayerPrecision
-from ptsq.engines.onnx import EXPORTERS, OrtModule, _excluded, _no_logging, _option, export_fp32, has_vnni, node_module
+from ptsq.engines.base import LayerPrecision, engine_option
+from ptsq.engines.onnx import EXPORTERS, OrtModule, _excluded, _no_logging, export_fp32, has_vnni, node_module
 from ptsq.errors import QuantizationError, first_line
 
 # onnxruntime's dynamic quantizer has integer kernels for these. It has none for Gemm: see _gemm_to_matmul.
@@ -59,9 +59,9 @@ def quantize_onnx_dynamic(
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    exporter = _option(config, "onnx_exporter", EXPORTERS)
-    reduce = _option(config, "onnx_reduce_range", ("auto", "on", "off"))
-    weights = _option(config, "onnx_weights", ("int8", "uint8"))
+    exporter = engine_option(config, "onnx_exporter", EXPORTERS)
+    reduce = engine_option(config, "onnx_reduce_range", ("auto", "on", "off"))
+    weights = engine_option(config, "onnx_weights", ("int8", "uint8"))
     reduce_range = (not has_vnni()) if reduce == "auto" else reduce == "on"
     work = copy.deepcopy(model).eval()
     fp32_bytes, used = export_fp32(work, example, exporter, all_dims=True)

@@ -36,8 +36,8 @@ from torch import nn
 
 from ptsq.config import QuantConfig
 from ptsq.engines import register
-from ptsq.engines.base import EngineResult, LayerPrecision
-from ptsq.errors import ConfigError, QuantizationError, TraceError, first_line
+from ptsq.engines.base import EngineResult, LayerPrecision, engine_option, to_numpy
+from ptsq.errors import QuantizationError, TraceError, first_line
 
 # entries of the artifact zip; the manifest name doubles as the format marker can_load looks for
 MANIFEST_ENTRY = "ptsq_openvino/manifest.json"
@@ -55,17 +55,6 @@ _LISTED = {
     "Interpolate", "MVN", "Softmax", "Concatenation",
 }  # fmt: skip
 _MODULE = re.compile(r"__module\.([^/]+)/")
-
-
-def _option(config: QuantConfig, key: str, choices: tuple[str, ...]) -> str:
-    value = str(config.extra.get(key, choices[0])).lower()
-    if value not in choices:
-        raise ConfigError(f"{key} {value!r} is unknown", f"choose one of: {', '.join(choices)}")
-    return value
-
-
-def _to_numpy(args: tuple[Any, ...]) -> tuple[np.ndarray, ...]:
-    return tuple(a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a) for a in args)
 
 
 @contextlib.contextmanager
@@ -188,7 +177,7 @@ class OpenVinoModule(nn.Module):
 
     def forward(self, *args: Any) -> Any:
         self.compiled()
-        outs = self._request.infer(list(_to_numpy(args)), share_inputs=True, share_outputs=False)
+        outs = self._request.infer(list(to_numpy(args)), share_inputs=True, share_outputs=False)
         tensors = [torch.from_numpy(np.asarray(v)) for v in outs.values()]
         return tensors[0] if len(tensors) == 1 else tuple(tensors)
 
@@ -226,9 +215,9 @@ class OpenVinoEngine:
 
         from ptsq.engines.fx import _skip_targets
 
-        preset = _option(config, "openvino_preset", PRESETS)
-        bias = _option(config, "openvino_bias_correction", BIAS_CORRECTION)
-        model_type = _option(config, "openvino_model_type", MODEL_TYPES)
+        preset = engine_option(config, "openvino_preset", PRESETS)
+        bias = engine_option(config, "openvino_bias_correction", BIAS_CORRECTION)
+        model_type = engine_option(config, "openvino_model_type", MODEL_TYPES)
         work = copy.deepcopy(model).eval()
         skipped = _skip_targets(work, config)
         try:
@@ -242,9 +231,9 @@ class OpenVinoEngine:
         names = _torch_names(fp32, _conv_behind_norm(work, example_args))
 
         batches: list[tuple[np.ndarray, ...]] = []
-        calibrate(lambda *a: batches.append(_to_numpy(a)))
+        calibrate(lambda *a: batches.append(to_numpy(a)))
         data = nncf.Dataset(batches, lambda b: b[0] if len(b) == 1 else list(b))
-        overflow = _option(config, "openvino_overflow_fix", OVERFLOW_FIX)
+        overflow = engine_option(config, "openvino_overflow_fix", OVERFLOW_FIX)
         if overflow == "auto":  # without VNNI the CPU plugin's u8 x s8 kernels saturate in 16 bits
             from ptsq.engines.onnx import has_vnni
 

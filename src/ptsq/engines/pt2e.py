@@ -238,7 +238,8 @@ def reduce_range(config: QuantConfig) -> bool:
     Without VNNI oneDNN multiplies u8 x s8 pairs into saturating int16; 7-bit activations keep the sum
     in range. The reference (eager) kernels do not saturate, so only the compiled program shows it.
     """
-    from ptsq.engines.onnx import _option, has_vnni
+    from ptsq.engines.base import engine_option as _option
+    from ptsq.engines.onnx import has_vnni
 
     choice = _option(config, "pt2e_reduce_range", ("auto", "on", "off"))
     return (not has_vnni()) if choice == "auto" else choice == "on"
