@@ -178,6 +178,22 @@ def precision_map(gm: fx.GraphModule, example_args: tuple[Any, ...], backend: st
     return rows
 
 
+def qconfig_mapping(config: QuantConfig, backend: str) -> tuple[Any, Any]:
+    """The backend's QConfigMapping with ptsq's observer and weight choices, and the prepare config
+    that keeps ``KeepFloat`` layers opaque and fp32 (shared by the whole-model and split paths)."""
+    from torch.ao.quantization import get_default_qconfig, get_default_qconfig_mapping
+    from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
+    from torch.ao.quantization.observer import default_weight_observer
+    from torch.ao.quantization.qconfig import QConfig
+
+    qmap = get_default_qconfig_mapping(qconfig_name(backend))
+    if not config.per_channel:
+        base = get_default_qconfig(qconfig_name(backend))
+        qmap = qmap.set_global(QConfig(activation=base.activation, weight=default_weight_observer))
+    qmap = activation_observers(qmap, config.observer).set_object_type(KeepFloat, None)
+    return qmap, PrepareCustomConfig().set_non_traceable_module_classes([KeepFloat])
+
+
 def _is_torchscript(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
@@ -199,10 +215,6 @@ class FxEngine:
         config: QuantConfig,
         backend: str,
     ) -> EngineResult:
-        from torch.ao.quantization import QConfigMapping, get_default_qconfig, get_default_qconfig_mapping
-        from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
-        from torch.ao.quantization.observer import default_weight_observer
-        from torch.ao.quantization.qconfig import QConfig
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
         activate(backend)
@@ -230,13 +242,7 @@ class FxEngine:
             if slow:
                 notes.append(f"speed guard: {len(slow)} layer(s) kept in fp32, their int8 kernel is slower here")
 
-        qmap: QConfigMapping = get_default_qconfig_mapping(qconfig_name(backend))
-        if not config.per_channel:
-            base = get_default_qconfig(qconfig_name(backend))
-            qmap = qmap.set_global(QConfig(activation=base.activation, weight=default_weight_observer))
-        qmap = activation_observers(qmap, config.observer)
-        qmap = qmap.set_object_type(KeepFloat, None)
-        custom = PrepareCustomConfig().set_non_traceable_module_classes([KeepFloat])
+        qmap, custom = qconfig_mapping(config, backend)
 
         ctx = _quiet()
         try:

@@ -107,15 +107,10 @@ def quantize_split(
     notes: list[str],
 ) -> EngineResult:
     """Quantize each traceable unit of ``work`` (modified in place) around its untraceable shells."""
-    from torch.ao.quantization import QConfigMapping, get_default_qconfig, get_default_qconfig_mapping
-    from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
-    from torch.ao.quantization.observer import default_weight_observer
-    from torch.ao.quantization.qconfig import QConfig
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-    from ptsq.algorithms.observers import activation_observers
     from ptsq.backends import qconfig_name
-    from ptsq.engines.fx import _capture, precision_map
+    from ptsq.engines.fx import _capture, precision_map, qconfig_mapping
     from ptsq.engines.fx_cleanup import clamp_ranges, cleanup
     from ptsq.engines.fx_fixed_inputs import free_fixed_inputs
     from ptsq.engines.fx_speed import slow_layers
@@ -133,13 +128,7 @@ def quantize_split(
             "move the untraceable code into a submodule (ptsq keeps such submodules in fp32), "
             "avoid Python control flow on tensor values, or wrap plain functions with torch.fx.wrap",
         )
-    qmap: QConfigMapping = get_default_qconfig_mapping(qconfig_name(backend))
-    if not config.per_channel:
-        base = get_default_qconfig(qconfig_name(backend))
-        qmap = qmap.set_global(QConfig(activation=base.activation, weight=default_weight_observer))
-    qmap = activation_observers(qmap, config.observer)
-    qmap = qmap.set_object_type(KeepFloat, None)
-    custom = PrepareCustomConfig().set_non_traceable_module_classes([KeepFloat])
+    qmap, custom = qconfig_mapping(config, backend)
 
     prepared: dict[str, nn.Module] = {}
     rows_skipped: list[LayerPrecision] = []
