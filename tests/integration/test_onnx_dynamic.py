@@ -12,7 +12,7 @@ import torch
 
 import ptsq
 from ptsq.config import QuantConfig
-from ptsq.engines.onnx import has_vnni
+from ptsq.engines.base import has_vnni
 from ptsq.errors import ConfigError, QuantizationError
 from tests.cli.conftest import assert_clean_error, run_cli
 from tests.models_seq import ConvOnly, TinyEncoder

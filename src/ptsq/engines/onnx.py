@@ -41,7 +41,14 @@ from torch import nn
 
 from ptsq.config import QuantConfig
 from ptsq.engines import register
-from ptsq.engines.base import EngineResult, LayerPrecision, engine_option, to_numpy
+from ptsq.engines.base import (
+    EngineResult,
+    LayerPrecision,
+    engine_option,
+    reduce_range_option,
+    skip_reason,
+    to_numpy,
+)
 from ptsq.errors import QuantizationError, TraceError, first_line
 
 MANIFEST_KEY = "ptsq_manifest"
@@ -57,13 +64,6 @@ _COMPUTE = _WEIGHTED | {
     "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Concat", "Softmax", "Gelu",
     "LayerNormalization", "BatchNormalization", "Resize", "Sub", "Div", "Erf",
 }  # fmt: skip
-
-
-def has_vnni() -> bool:
-    """Whether this CPU has VNNI (u8 x s8 dot products without 16-bit saturation)."""
-    from ptsq.bench import _cpu_flags
-
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
 
 
 def _batch2(args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -186,8 +186,8 @@ def precision_map(model: Any, skipped: dict[str, str]) -> list[LayerPrecision]:
         if int8:
             rows.append(LayerPrecision(name, op, "int8"))
             continue
-        reason = next((r for k, r in skipped.items() if mod == k or mod.startswith(k + ".")), "")
-        rows.append(LayerPrecision(name, op, "fp32", reason or f"onnxruntime's quantizer leaves {op} in fp32"))
+        reason = skip_reason(mod, skipped) or f"onnxruntime's quantizer leaves {op} in fp32"
+        rows.append(LayerPrecision(name, op, "fp32", reason))
     return rows
 
 
@@ -264,7 +264,7 @@ def _excluded(model: Any, skipped: dict[str, str]) -> list[str]:
     out = []
     for n in model.graph.node:
         mod = node_module(n)
-        if mod and any(mod == k or mod.startswith(k + ".") for k in skipped):
+        if mod and skip_reason(mod, skipped) is not None:
             out.append(n.name)
     return out
 
@@ -320,8 +320,7 @@ class OnnxEngine:
         acts = engine_option(config, "onnx_activations", ACTIVATIONS)
         exporter = engine_option(config, "onnx_exporter", EXPORTERS)
         weights = engine_option(config, "onnx_weights", ("int8", "uint8"))
-        reduce = engine_option(config, "onnx_reduce_range", ("auto", "on", "off"))
-        reduce_range = (weights == "int8" and not has_vnni()) if reduce == "auto" else reduce == "on"
+        reduce_range = reduce_range_option(config, "onnx_reduce_range", applies=weights == "int8")
         work = copy.deepcopy(model).eval()
         skipped = _skip_targets(work, config)
         notes = [f"'{n}' {r}" for n, r in skipped.items()]

@@ -31,8 +31,8 @@ from typing import Any
 from torch import nn
 
 from ptsq.config import QuantConfig
-from ptsq.engines.base import LayerPrecision, engine_option
-from ptsq.engines.onnx import EXPORTERS, OrtModule, _excluded, _no_logging, export_fp32, has_vnni, node_module
+from ptsq.engines.base import LayerPrecision, engine_option, reduce_range_option
+from ptsq.engines.onnx import EXPORTERS, OrtModule, _excluded, _no_logging, export_fp32, node_module
 from ptsq.errors import QuantizationError, first_line
 
 # onnxruntime's dynamic quantizer has integer kernels for these. It has none for Gemm: see _gemm_to_matmul.
@@ -60,9 +60,8 @@ def quantize_onnx_dynamic(
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     exporter = engine_option(config, "onnx_exporter", EXPORTERS)
-    reduce = engine_option(config, "onnx_reduce_range", ("auto", "on", "off"))
     weights = engine_option(config, "onnx_weights", ("int8", "uint8"))
-    reduce_range = (not has_vnni()) if reduce == "auto" else reduce == "on"
+    reduce_range = reduce_range_option(config, "onnx_reduce_range")
     work = copy.deepcopy(model).eval()
     fp32_bytes, used = export_fp32(work, example, exporter, all_dims=True)
     notes = [] if used == exporter else [f"the {exporter} ONNX exporter failed; exported with the {used} exporter"]

@@ -36,7 +36,7 @@ from torch import nn
 
 from ptsq.config import QuantConfig
 from ptsq.engines import register
-from ptsq.engines.base import EngineResult, LayerPrecision, engine_option, to_numpy
+from ptsq.engines.base import EngineResult, LayerPrecision, engine_option, has_vnni, skip_reason, to_numpy
 from ptsq.errors import QuantizationError, TraceError, first_line
 
 # entries of the artifact zip; the manifest name doubles as the format marker can_load looks for
@@ -118,7 +118,7 @@ def _torch_names(ov_model: Any, behind_norm: dict[str, str]) -> dict[str, str]:
 
 
 def _ignored(names: dict[str, str], skipped: dict[str, str]) -> list[str]:
-    return [n for n, mod in names.items() if any(mod == k or mod.startswith(k + ".") for k in skipped)]
+    return [n for n, mod in names.items() if skip_reason(mod, skipped) is not None]
 
 
 def precision_map(compiled: Any, names: dict[str, str], skipped: dict[str, str]) -> list[LayerPrecision]:
@@ -140,10 +140,8 @@ def precision_map(compiled: Any, names: dict[str, str], skipped: dict[str, str])
         if prec in ("u8", "i8"):
             rows.append(LayerPrecision(name, kind, "int8"))
             continue
-        reason = next((r for k, r in skipped.items() if mod == k or mod.startswith(k + ".")), "")
-        rows.append(
-            LayerPrecision(name, kind, "fp32", reason or f"OpenVINO's CPU plugin runs it in {prec} on this CPU")
-        )
+        reason = skip_reason(mod, skipped) or f"OpenVINO's CPU plugin runs it in {prec} on this CPU"
+        rows.append(LayerPrecision(name, kind, "fp32", reason))
     return rows
 
 
@@ -235,8 +233,6 @@ class OpenVinoEngine:
         data = nncf.Dataset(batches, lambda b: b[0] if len(b) == 1 else list(b))
         overflow = engine_option(config, "openvino_overflow_fix", OVERFLOW_FIX)
         if overflow == "auto":  # without VNNI the CPU plugin's u8 x s8 kernels saturate in 16 bits
-            from ptsq.engines.onnx import has_vnni
-
             overflow = "first_layer" if has_vnni() else "all"
         advanced = AdvancedQuantizationParameters(
             overflow_fix={

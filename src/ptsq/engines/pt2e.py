@@ -29,7 +29,7 @@ from torch import fx, nn
 
 from ptsq.config import QuantConfig
 from ptsq.engines import register
-from ptsq.engines.base import EngineResult, LayerPrecision
+from ptsq.engines.base import EngineResult, LayerPrecision, reduce_range_option, skip_reason
 from ptsq.errors import QuantizationError, TraceError, first_line
 
 MANIFEST_NAME = "ptsq_manifest.json"
@@ -165,8 +165,8 @@ def precision_map(gm: fx.GraphModule, skipped: dict[str, str]) -> list[LayerPrec
         if int8:
             rows.append(LayerPrecision(name, label, "int8"))
             continue
-        reason = next((r for k, r in skipped.items() if mod == k or mod.startswith(k + ".")), "")
-        rows.append(LayerPrecision(name, label, "fp32", reason or f"the x86 inductor quantizer leaves {op} in fp32"))
+        reason = skip_reason(mod, skipped) or f"the x86 inductor quantizer leaves {op} in fp32"
+        rows.append(LayerPrecision(name, label, "fp32", reason))
     return rows
 
 
@@ -238,11 +238,7 @@ def reduce_range(config: QuantConfig) -> bool:
     Without VNNI oneDNN multiplies u8 x s8 pairs into saturating int16; 7-bit activations keep the sum
     in range. The reference (eager) kernels do not saturate, so only the compiled program shows it.
     """
-    from ptsq.engines.base import engine_option as _option
-    from ptsq.engines.onnx import has_vnni
-
-    choice = _option(config, "pt2e_reduce_range", ("auto", "on", "off"))
-    return (not has_vnni()) if choice == "auto" else choice == "on"
+    return reduce_range_option(config, "pt2e_reduce_range")
 
 
 def _quantizer(config: QuantConfig, skipped: dict[str, str]) -> Any:
