@@ -31,6 +31,8 @@ from ptsq.engines.keep_float import KeepFloat
 
 STEPS = ("conv-modules", "fold-pad", "fold-bn", "equalize", "clamp-ranges", "bias-correction")
 GRAPH_STEPS = STEPS[:4]
+# tensor attributes a forward may read that neither BN folding nor quantization changes
+_METADATA = ("ndim", "shape", "dtype", "device")
 
 _CONV_FUNCS = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, torch.conv1d: nn.Conv1d, torch.conv2d: nn.Conv2d}
 _LINEAR_FUNCS = {F.linear, torch._C._nn.linear}
@@ -175,10 +177,9 @@ def _weighted(gm: fx.GraphModule, node: Any) -> nn.Module | None:
 def _value_users(node: fx.Node) -> int:
     """Users of ``node`` other than reads of its shape/dtype (timm asserts ``x.ndim == 4`` before a BN),
     which folding the BN into the producer leaves valid."""
-    meta = {"ndim", "shape", "dtype", "device"}
     return sum(
         not (
-            (u.op == "call_function" and u.target is getattr and len(u.args) == 2 and u.args[1] in meta)
+            (u.op == "call_function" and u.target is getattr and len(u.args) == 2 and u.args[1] in _METADATA)
             or (u.op == "call_method" and u.target in ("dim", "size"))
         )
         for u in node.users
@@ -258,7 +259,7 @@ def _freeze_param_metadata(gm: fx.GraphModule) -> int:
         if not (node.op == "call_function" and node.target is getattr and len(node.args) == 2):
             continue
         src, attr = node.args
-        if not (isinstance(src, fx.Node) and src.op == "get_attr" and attr in ("dtype", "device", "shape", "ndim")):
+        if not (isinstance(src, fx.Node) and src.op == "get_attr" and attr in _METADATA):
             continue
         value = getattr(_attr(gm, src), attr, None)
         if value is None:
@@ -304,9 +305,11 @@ def _activation_range(gm: fx.GraphModule, node: fx.Node) -> tuple[float, float] 
         return (0.0, 6.0)
     # a ReLU after a layer kept fp32 (speed guard, skip rules) is not fused: without this its input
     # is quantized over the negative values the ReLU drops (Fashion ResNet stem: 33.4 -> 29.5 dB)
-    if isinstance(mod, nn.ReLU) or (node.op == "call_function" and node.target in (F.relu, torch.relu)):
-        return (0.0, float("inf"))
-    if node.op == "call_method" and node.target == "relu":
+    if (
+        isinstance(mod, nn.ReLU)
+        or (node.op == "call_function" and node.target in (F.relu, torch.relu))
+        or (node.op == "call_method" and node.target == "relu")
+    ):
         return (0.0, float("inf"))
     if isinstance(mod, nn.Hardtanh):
         return (float(mod.min_val), float(mod.max_val))

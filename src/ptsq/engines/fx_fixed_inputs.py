@@ -11,11 +11,13 @@ output SQNR against fp32 fell from 6 dB to -19 dB. Keeping a layer fp32 must nev
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from torch import fx, nn
 
 
+@functools.cache
 def _fixed_ops() -> tuple[set[type], set[object], set[str]]:
     from torch.ao.quantization.qconfig_mapping import _FIXED_QPARAMS_OP_TO_OBSERVER
 
