@@ -74,3 +74,18 @@ def test_budget_with_labels_reports_drop_and_needs_labels():
         quantize_with_budget(model, _batches(3), max_drop=1.0, config=CFG)
     with pytest.raises(ConfigError, match="no accuracy budget"):
         quantize_with_budget(model, _batches(3), config=CFG)
+
+
+def test_margin_deficit_gives_the_budget_a_direction_where_agreement_is_flat():
+    from ptsq.analysis.budget import Budget, margin_deficit
+
+    ref = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+    assert margin_deficit(ref, ref) == 0.0
+    near = torch.tensor([[1.0, 1.2, 0.0], [0.0, 3.0, 1.0]])  # sample 0 lost by 0.2
+    far = torch.tensor([[1.0, 2.0, 0.0], [0.0, 3.0, 1.0]])  # sample 0 lost by 1.0
+    assert margin_deficit(ref, near) == pytest.approx(0.1) and margin_deficit(ref, far) == pytest.approx(0.5)
+    budget = Budget(min_agreement=1.0)
+    worse = {"agreement": 0.5, "margin_deficit": 0.5, "sqnr_db": 20.0}
+    closer = {"agreement": 0.5, "margin_deficit": 0.1, "sqnr_db": 10.0}
+    assert budget.score(closer) > budget.score(worse)  # same agreement: the smaller deficit wins over SQNR
+    assert Budget(min_sqnr=15.0).score(worse) > Budget(min_sqnr=15.0).score(closer)

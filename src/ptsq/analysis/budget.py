@@ -2,13 +2,19 @@
 
 1. Quantize with the given config and evaluate int8 against fp32 on the evaluation batches
    (labelled: top-1 drop in points; unlabelled: top-1 agreement and/or output SQNR).
-2. Rank the int8 layers by what keeping each alone in fp32 gains (:mod:`ptsq.analysis.sensitivity`,
-   calibrated observers reused, no re-calibration).
+2. Rank the int8 layers by what keeping each alone in fp32 gains on the budget's own score
+   (calibrated observers reused, no re-calibration: :func:`ptsq.analysis.sensitivity.with_float_layers`).
 3. Greedily move one group of layers at a time to fp32, most harmful first, evaluating each step;
-   a move that makes the metric worse is stepped back. Stop when the budget holds.
-4. Re-quantize for real with ``--skip name:...`` rules for the chosen layers and evaluate that model:
-   it is the one returned. If the budget cannot be met, the best model found is returned and
+   a move that does not improve the score is stepped back. Stop when the budget holds.
+4. Re-quantize for real with ``--skip name:...`` rules for the chosen layers and evaluate that model.
+   Re-calibration moves the result a little, so if the real model misses the budget, rank again from
+   it (up to ``rounds`` times). The best real model is returned; if the budget cannot be met,
    ``met`` is False.
+
+Agreement is a count: on a few samples one near-tie decides it, and single layers rarely flip it, so
+steps are scored on agreement (or drop) first, then on the *margin deficit* — how far, in logits, the
+int8 model is from giving each sample fp32's top-1 class (0 when every sample agrees) — then on SQNR.
+The deficit moves with every layer, which gives the greedy search a direction where agreement is flat.
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ptsq.analysis.sensitivity import rank_layers, with_float_layers
+from ptsq.analysis.sensitivity import swappable_layers, with_float_layers
 from ptsq.calibration import as_args
 from ptsq.config import QuantConfig, SkipRule
 from ptsq.errors import ConfigError, DataError
 from ptsq.fidelity import FidelityMeter
+from ptsq.progress import task
 
 
 @dataclass
@@ -61,6 +68,8 @@ class Budget:
             keys.append(-(m.get("drop_pp") or 0.0))
         if self.min_agreement is not None:
             keys.append(m.get("agreement") or 0.0)
+        if keys and m.get("margin_deficit") is not None:
+            keys.append(-m["margin_deficit"])
         keys.append(m["sqnr_db"] if math.isfinite(m["sqnr_db"]) else 999.0)
         return tuple(keys)
 
@@ -125,6 +134,14 @@ def _split(batch: Any) -> tuple[tuple[Any, ...], torch.Tensor | None]:
     return as_args(batch), None
 
 
+def margin_deficit(ref: torch.Tensor, test: torch.Tensor) -> float:
+    """Mean over samples of how far ``test`` is from ranking fp32's top-1 class first (0 when it does)."""
+    top = ref.argmax(1, keepdim=True)
+    own = test.gather(1, top)[:, 0]
+    others = test.scatter(1, top, float("-inf")).amax(1)
+    return float((others - own).clamp(min=0).double().mean())
+
+
 class Evaluator:
     """fp32 reference outputs computed once; :meth:`__call__` scores a candidate model."""
 
@@ -140,8 +157,7 @@ class Evaluator:
         self.fp32_top1 = self._top1(self.ref) if self.labels is not None else None
 
     def _top1(self, outs: list[Any]) -> float:
-        logits = torch.cat([o if isinstance(o, torch.Tensor) else o[0] for o in outs]).float()
-        return float((logits.argmax(1) == self.labels).double().mean())
+        return float((_scores(outs).argmax(1) == self.labels).double().mean())
 
     def __call__(self, model: Callable[..., Any]) -> dict[str, Any]:
         with torch.inference_mode():
@@ -152,10 +168,16 @@ class Evaluator:
             meter.update(r, g)
         fid = meter.result()
         m: dict[str, Any] = {"sqnr_db": fid.sqnr_db, "agreement": fid.top1_agreement, "samples": fid.samples}
+        if fid.top1_agreement is not None:
+            m["margin_deficit"] = margin_deficit(_scores(self.ref), _scores(outs))
         if self.labels is not None:
             top1 = self._top1(outs)
             m.update(fp32_top1=self.fp32_top1, top1=top1, drop_pp=100 * (self.fp32_top1 - top1))
         return m
+
+
+def _scores(outs: list[Any]) -> torch.Tensor:
+    return torch.cat([o if isinstance(o, torch.Tensor) else o[0] for o in outs]).float()
 
 
 def _latency(models: list[tuple[str, Callable[..., Any]]], example: tuple[Any, ...], runs: int) -> list[float]:
@@ -180,6 +202,7 @@ def quantize_with_budget(
     config: QuantConfig | None = None,
     group: int = 1,
     max_steps: int = 12,
+    rounds: int = 3,
     latency_runs: int = 10,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
@@ -189,7 +212,7 @@ def quantize_with_budget(
 
     ``eval_data``: batches of inputs, or ``(inputs, labels)`` for ``max_drop``. Without it, the last
     quarter of the calibration batches (at least one) is held back and used for evaluation.
-    ``latency_runs=0`` skips timing.
+    ``max_steps`` groups are tried per round; ``rounds`` re-quantizations at most. ``latency_runs=0`` skips timing.
     """
     from ptsq.api import quantize
 
@@ -217,54 +240,94 @@ def quantize_with_budget(
         if budget.max_drop is not None and evaluate.labels is None:
             raise DataError("--max-drop needs labels in the evaluation data", "use a folder with class sub-folders")
         qm = quantize(model, calib, config=config, progress=progress, **quantize_kwargs)
-        converted, observed = qm.result.module, qm.result.debug.get("observed")
         timing = latency_runs > 0
-        first = evaluate(converted)
-        lat = _latency([("fp32", model), ("int8", converted)], evaluate.inputs[0], latency_runs) if timing else None
-        fp32_ms = lat[0] if lat else None
-        steps = [Step([], "int8", first, lat[1] if lat else None, (lat[0] / lat[1]) if lat else None)]
-        say(f"all int8: {_fmt(first)}")
-        if budget.met(first) or observed is None:
-            return BudgetResult(qm, budget.met(first), budget.describe(), steps, [], fp32_ms)
 
-        ops = {r.name: r.op for r in qm.result.precision}
-        _, _, ranked = rank_layers(model, converted, observed, evaluate.inputs, ops)
-        candidates = [r.name for r in ranked if r.gain_db > 0]
-        chosen: list[str] = []
-        best = first
-        for i in range(0, min(len(candidates), max_steps * group), group):
-            trial = chosen + candidates[i : i + group]
-            m = evaluate(with_float_layers(converted, observed, trial))
-            better = budget.score(m) >= budget.score(best)
-            steps.append(Step(trial, "estimate", m, accepted=better))
-            say(f"{'keep' if better else 'step back'} fp32 {candidates[i : i + group]}: {_fmt(m)}")
-            if better:
-                chosen, best = trial, m
-                if budget.met(m):
-                    break
-        if not chosen:
-            return BudgetResult(qm, False, budget.describe(), steps, [], fp32_ms)
+        fp32_ms: list[float] = []
 
-        # the real thing: re-quantize with skip rules and measure it
-        rules = tuple(config.skip) + tuple(SkipRule("name", n) for n in chosen)
-        final_qm = quantize(model, calib, config=replace(config, skip=rules), progress=progress, **quantize_kwargs)
-        final = evaluate(final_qm.module)
-        lat = (
-            _latency([("fp32", model), ("int8", final_qm.module)], evaluate.inputs[0], latency_runs) if timing else None
-        )
-        steps.append(Step(list(chosen), "int8", final, lat[1] if lat else None, (lat[0] / lat[1]) if lat else None))
-        say(f"re-quantized with {len(chosen)} layer(s) in fp32: {_fmt(final)}")
-        if budget.score(final) >= budget.score(first):
-            return BudgetResult(final_qm, budget.met(final), budget.describe(), steps, list(chosen), fp32_ms)
-        return BudgetResult(qm, budget.met(first), budget.describe(), steps, [], fp32_ms)
+        def measured(layers: list[str], cand: Any) -> Step:
+            m = evaluate(cand.module)
+            if not timing:
+                return Step(list(layers), "int8", m)
+            fp, i8 = _latency([("fp32", model), ("int8", cand.module)], evaluate.inputs[0], latency_runs)
+            fp32_ms.append(fp)
+            return Step(list(layers), "int8", m, i8, fp / i8)
+
+        first = measured([], qm)
+        steps = [first]
+        say(f"all int8: {_fmt(first.metrics)}")
+        best_qm, best, best_layers = qm, first.metrics, []
+        current, current_layers, current_m = qm, [], first.metrics
+        for _ in range(rounds):
+            observed = current.result.debug.get("observed")
+            if budget.met(best) or observed is None:
+                break
+            chosen, tried = _greedy(
+                budget, evaluate, current.result.module, observed, current_m, current_layers, max_steps, group,
+                progress, say,
+            )  # fmt: skip
+            steps += tried
+            if not chosen:
+                break
+            # the real thing: re-quantize with skip rules and measure it
+            layers = current_layers + chosen
+            rules = tuple(config.skip) + tuple(SkipRule("name", n) for n in layers)
+            cand = quantize(model, calib, config=replace(config, skip=rules), progress=progress, **quantize_kwargs)
+            step = measured(layers, cand)
+            step.accepted = budget.score(step.metrics) > budget.score(best)
+            steps.append(step)
+            say(f"re-quantized with {len(layers)} layer(s) in fp32: {_fmt(step.metrics)}")
+            if step.accepted:
+                best_qm, best, best_layers = cand, step.metrics, layers
+            # re-calibration moved the result: rank again from the real model
+            current, current_layers, current_m = cand, layers, step.metrics
+        fp_ms = fp32_ms[0] if fp32_ms else None
+        return BudgetResult(best_qm, budget.met(best), budget.describe(), steps, list(best_layers), fp_ms)
     finally:
         model.train(was)
+
+
+def _greedy(
+    budget: Budget,
+    evaluate: Evaluator,
+    converted: nn.Module,
+    observed: nn.Module,
+    base: dict[str, Any],
+    prefix: list[str],
+    max_steps: int,
+    group: int,
+    progress: bool,
+    say: Callable[[str], None],
+) -> tuple[list[str], list[Step]]:
+    """Layers to add to fp32, estimated in the int8 graph: ranked by their solo score, then greedily."""
+    names = swappable_layers(converted, observed)
+    solo: dict[str, tuple[float, ...]] = {}
+    with task("ranking layers", len(names), progress) as update:
+        for i, name in enumerate(names):
+            solo[name] = budget.score(evaluate(with_float_layers(converted, observed, [name])))
+            update(i + 1)
+    base_score = budget.score(base)
+    candidates = sorted((n for n in names if solo[n] > base_score), key=lambda n: solo[n], reverse=True)
+    say(f"{len(candidates)} of {len(names)} int8 layers improve the score alone")
+    chosen: list[str] = []
+    best_score = base_score
+    steps = []
+    for i in range(0, min(len(candidates), max_steps * group), group):
+        trial = chosen + candidates[i : i + group]
+        m = evaluate(with_float_layers(converted, observed, trial))
+        better = budget.score(m) > best_score
+        steps.append(Step(prefix + trial, "estimate", m, accepted=better))
+        say(f"{'keep' if better else 'step back'} fp32 {candidates[i : i + group]}: {_fmt(m)}")
+        if better:
+            chosen, best_score = trial, budget.score(m)
+            if budget.met(m):
+                break
+    return chosen, steps
 
 
 def _fmt(m: dict[str, Any]) -> str:
     parts = [f"SQNR {m['sqnr_db']:.1f} dB"]
     if m.get("agreement") is not None:
-        parts.append(f"agreement {m['agreement']:.3f}")
+        parts.append(f"agreement {m['agreement']:.3f} (margin deficit {m['margin_deficit']:.3f})")
     if m.get("drop_pp") is not None:
         parts.append(f"top-1 {m['top1']:.4f} (drop {m['drop_pp']:.2f} pp)")
     return ", ".join(parts)
