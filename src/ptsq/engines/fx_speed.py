@@ -4,6 +4,11 @@ Some int8 kernels fall off their fast path for particular shapes: on AVX2 x86, a
 TF-style "same" padding (padding 0 after an asymmetric pad) ran 30x slower than fp32 in
 EfficientNet-Lite0. Each layer's int8 kernel is timed against its fp32 twin on the layer's real
 input shape, on this machine, before calibration; a layer slower by more than ``margin`` stays fp32.
+
+Layers near the margin would otherwise flip between runs (timings drift), so a verdict is measured
+once per machine (CPU, ISA, torch version, backend, thread count) and kept in
+``~/.cache/ptsq/speed_guard.json`` (``$PTSQ_CACHE_DIR``): quantizing the same model twice on one
+machine keeps the same layers fp32. Delete the file to measure again.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from ptsq.cache import read_json, write_json
 
 _TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
@@ -68,13 +75,30 @@ def _ratio(key: tuple[Any, ...], backend: str) -> float:
     return i8_ms / max(fp_ms, 1e-6)
 
 
+STORE = "speed_guard.json"
+
+
+def _machine(backend: str) -> str:
+    from ptsq.bench import machine_info
+
+    m = machine_info()
+    return f"{m['cpu']} | {' '.join(m['isa'])} | torch {m['torch']} | {backend} | {torch.get_num_threads()} threads"
+
+
 @functools.lru_cache(maxsize=4096)
 def _verdict(key: tuple[Any, ...], backend: str, margin: float) -> float:
-    """The ratio a decision is made on, fixed for the process: every quantization in it (the accuracy
-    budget's re-quantizations, a benchmark's recipes) then keeps the same layers fp32."""
+    """The ratio a decision is made on, fixed for the machine: every quantization (the accuracy budget's
+    re-quantizations, a benchmark's recipes, tomorrow's run) then keeps the same layers fp32."""
+    machine, k = _machine(backend), repr(key)
+    stored = read_json(STORE).get(machine, {})
+    if isinstance(stored.get(k), (int, float)):
+        return float(stored[k])
     ratio = _ratio(key, backend)
     if ratio > margin:  # a slow verdict must survive a second, independent measurement
         ratio = min(ratio, _ratio.__wrapped__(key, backend))
+    data = read_json(STORE)  # re-read: another process may have added verdicts meanwhile
+    data.setdefault(machine, {})[k] = round(ratio, 4)
+    write_json(STORE, data)
     return ratio
 
 

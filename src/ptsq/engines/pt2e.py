@@ -33,7 +33,6 @@ from ptsq.engines.base import EngineResult, LayerPrecision, reduce_range_option,
 from ptsq.errors import QuantizationError, TraceError, first_line
 
 MANIFEST_NAME = "ptsq_manifest.json"
-CACHE_ENV = "PTSQ_CACHE_DIR"
 NO_COMPILE_ENV = "PTSQ_PT2E_EAGER"  # =1: run loaded programs without inductor (no C++ compiler, debugging)
 
 # aten ops that compute (listed in the precision map); everything else moves data or is a q/dq pair
@@ -51,8 +50,9 @@ _Q = {"quantize_per_tensor", "quantize_affine"}
 
 def cache_dir() -> Path:
     """Where compiled kernels are kept between loads (``$PTSQ_CACHE_DIR`` or ``~/.cache/ptsq``)."""
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ptsq")
-    return root / "inductor"
+    from ptsq.cache import cache_root
+
+    return cache_root() / "inductor"
 
 
 def _quiet() -> warnings.catch_warnings:
