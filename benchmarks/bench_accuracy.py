@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             "calibration on 64 seeded crops of packaged photos, budget (SQNR 3 dB above the defaults') on 16 other "
             "crops, table on 32 more.",
             "The budget scores each step on its own metric first (agreement / drop), then on the margin deficit (how "
-            "far in logits int8 is from fp32's top-1 class, summed over disagreeing samples), then SQNR; "
+            "far in logits int8 is from fp32's top-1 class, averaged over samples), then SQNR; "
             "it re-ranks from the re-quantized model up to 3 times.",
             f"load average at the end of the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; latency and the "
             "speed guard's choices are only meaningful on an otherwise idle machine.",
