@@ -7,6 +7,7 @@ import zipfile
 
 import pytest
 import torch
+from torch import nn
 
 import ptsq
 from ptsq.config import QuantConfig
@@ -58,3 +59,44 @@ def test_openvino_skip_rule_keeps_the_conv_fp32_and_options_are_checked(small):
     assert qm.manifest["details"]["preset"] == "mixed"
     with pytest.raises(ConfigError, match="openvino_preset"):
         ptsq.quantize(model, calib, config=QuantConfig(engine="openvino", extra={"openvino_preset": "fast"}))
+
+
+class DepthwiseNet(nn.Module):
+    """stem conv -> depthwise conv -> grouped (not depthwise) conv -> pointwise conv -> fc, BN + ReLU6 between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int, k: int, groups: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU6()
+            )
+
+        self.stem = block(3, 16, 3, 1)
+        self.dw = block(16, 16, 3, 16)
+        self.grouped = block(16, 16, 3, 4)
+        self.pw = block(16, 32, 1, 1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pw(self.grouped(self.dw(self.stem(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_openvino_keeps_depthwise_convs_fp32_unless_told():
+    torch.manual_seed(0)
+    model, calib = randomize_bn(DepthwiseNet()).eval(), _batches((8, 3, 32, 32))
+    qm = ptsq.quantize(model, calib, config=QuantConfig(engine="openvino", speed_guard=0), progress=False)
+    assert qm.manifest["details"]["depthwise"] == "fp32"
+    dw = qm.precision["dw.0"]
+    assert dw["precision"] == "fp32" and "openvino_depthwise" in dw["reason"], qm.precision
+    assert qm.precision["stem.0"]["precision"] == "int8" and qm.precision["pw.0"]["precision"] == "int8"
+    assert "depthwise" not in qm.precision["grouped.0"].get("reason", ""), qm.precision  # groups of 4 channels
+    assert any(n.startswith("1 depthwise conv") for n in qm.manifest["notes"]), qm.manifest["notes"]
+
+    cfg = QuantConfig(engine="openvino", speed_guard=0, extra={"openvino_depthwise": "int8"})
+    qm8 = ptsq.quantize(model, calib, config=cfg, progress=False)
+    assert qm8.manifest["details"]["depthwise"] == "int8"
+    assert qm8.precision["dw.0"]["precision"] == "int8", qm8.precision
+    with pytest.raises(ConfigError, match="openvino_depthwise"):
+        ptsq.quantize(model, calib, config=QuantConfig(engine="openvino", extra={"openvino_depthwise": "fp16"}))
