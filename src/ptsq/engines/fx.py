@@ -71,8 +71,16 @@ def _skip_targets(model: nn.Module, config: QuantConfig) -> dict[str, str]:
     return _outermost(chosen)
 
 
-def keep_fp32(work: nn.Module, config: QuantConfig, backend: str) -> list[str]:
-    """Wrap in KeepFloat what the skip rules name and what has a measured-wrong int8 kernel; notes."""
+_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)  # subclasses too (static-"same"-padding convs)
+
+
+def keep_fp32(work: nn.Module, config: QuantConfig, backend: str) -> tuple[list[str], dict[str, str]]:
+    """Wrap in KeepFloat what the skip rules name and what has a measured-wrong int8 kernel.
+
+    Returns (notes, layers): conv/linear layers the rules name are returned unwrapped, to be wrapped
+    after the graph clean-up (as the speed guard does), so their BatchNorm folds and padding splits
+    as in the all-int8 model and their int8 neighbours are quantized exactly as without the rule.
+    """
     notes: list[str] = []
     fallback = _skip_targets(work, config)
     if config.probe_kernels:
@@ -82,8 +90,19 @@ def keep_fp32(work: nn.Module, config: QuantConfig, backend: str) -> list[str]:
             for name, mod in work.named_modules():
                 if type(mod) is cls:
                     fallback.setdefault(name, reason)
-    wrap_modules(work, _outermost(fallback))
-    return notes
+    fallback = _outermost(fallback)
+    layers = {n: r for n, r in fallback.items() if isinstance(work.get_submodule(n), _LAYERS)}
+    wrap_modules(work, {n: r for n, r in fallback.items() if n not in layers})
+    return notes, layers
+
+
+def _resolves(model: nn.Module, name: str) -> bool:
+    """Whether ``name`` is still a submodule (not when it sits inside a part kept fp32 as untraceable)."""
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
 
 
 def _outermost(names: dict[str, str]) -> dict[str, str]:
@@ -221,12 +240,14 @@ class FxEngine:
         work = copy.deepcopy(model).eval()
         notes: list[str] = []
 
-        notes.extend(keep_fp32(work, config, backend))
+        kept, layers = keep_fp32(work, config, backend)
+        notes.extend(kept)
         try:
             notes.extend(_capture(work, config.strict))
         except TraceError as exc:  # the top-level forward is untraceable: quantize what it calls
             if getattr(exc, "failure", None) is None:
                 raise
+            wrap_modules(work, layers)
             from ptsq.engines.fx_split import quantize_split
 
             ctx = _quiet()
@@ -236,6 +257,7 @@ class FxEngine:
                 ctx.__exit__(None, None, None)
         work, cleaned = cleanup(work, config.cleanup)
         notes.extend(cleaned)
+        wrap_modules(work, {n: r for n, r in layers.items() if _resolves(work, n)})
         if config.speed_guard > 0:
             slow = slow_layers(work, example_args, backend, config.speed_guard)
             wrap_modules(work, slow)
@@ -262,11 +284,13 @@ class FxEngine:
             finally:
                 if means is not None:
                     means.remove()
+            # the calibrated fp32 graph, taken before bias correction edits the biases for int8 weights:
+            # the reference that analyze, the budget and the self-check compare int8 layers against
+            observed = copy.deepcopy(prepared)
             if means is not None and (n := correct_biases(means, qmap.global_qconfig.weight)):
                 notes.append(f"bias correction: {n} conv/linear biases corrected for int8 weight rounding")
             if "clamp-ranges" in config.cleanup and (n := clamp_ranges(prepared)):
                 notes.append(f"clean-up: {n} activations quantized over their ReLU/ReLU6/clamp range")
-            observed = copy.deepcopy(prepared)
             try:
                 converted = convert_fx(prepared)
             except Exception as exc:
