@@ -356,7 +356,8 @@ def _write(results: list[dict], quick: bool) -> None:
         "ORT (ptsq) = ptsq's onnx engine (U8S8, per-channel, QDQ, MinMax, 7-bit reduce_range on CPUs without VNNI); "
         "ORT baseline = U8S8 per-channel QDQ MinMax made directly with onnxruntime.quantization in this run.",
         "OpenVINO (ptsq) = ptsq's openvino engine: openvino.convert_model + nncf.quantize (performance preset, "
-        "fast bias correction) on the same calibration batches, run by the OpenVINO CPU plugin.",
+        "fast bias correction, 7-bit weights without VNNI, depthwise convs kept fp32) on the same calibration batches, "
+        "run by the OpenVINO CPU plugin.",
         "Target (issue 8): ptsq's best engine at least as fast as the ORT baseline (within 3% timing noise), "
         "every engine within 1 dB SQNR of FX or better.",
         "auto = the fastest engine whose SQNR is within 1 dB of the best engine's (the rule --engine auto applies).",
