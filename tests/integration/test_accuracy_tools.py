@@ -67,9 +67,10 @@ def test_budget_with_labels_reports_drop_and_needs_labels():
     x = _batches(2, seed=2)
     with torch.no_grad():
         labelled = [(b, model(b).argmax(1)) for b in x]  # labels = fp32 predictions: fp32 top-1 is 1.0
-    res = quantize_with_budget(model, _batches(3), eval_data=labelled, max_drop=5.0, config=CFG, latency_runs=0)
-    assert res.steps[0].metrics["fp32_top1"] == 1.0
-    assert res.met and res.steps[-1].metrics["drop_pp"] <= 5.0
+    # 16 samples, one a near-tie in fp32 (logits 0.1002 vs 0.0996) that any int8 noise may flip: allow it
+    res = quantize_with_budget(model, _batches(3), eval_data=labelled, max_drop=10.0, config=CFG, latency_runs=0)
+    assert res.steps[0].metrics["fp32_top1"] == 1.0 and res.steps[0].metrics["drop_pp"] > 50
+    assert res.met and res.steps[-1].metrics["drop_pp"] <= 10.0 and "features.3" in res.fp32_layers
     with pytest.raises(ConfigError, match="labelled"):
         quantize_with_budget(model, _batches(3), max_drop=1.0, config=CFG)
     with pytest.raises(ConfigError, match="no accuracy budget"):
@@ -84,6 +85,10 @@ def test_margin_deficit_gives_the_budget_a_direction_where_agreement_is_flat():
     near = torch.tensor([[1.0, 1.2, 0.0], [0.0, 3.0, 1.0]])  # sample 0 lost by 0.2
     far = torch.tensor([[1.0, 2.0, 0.0], [0.0, 3.0, 1.0]])  # sample 0 lost by 1.0
     assert margin_deficit(ref, near) == pytest.approx(0.1) and margin_deficit(ref, far) == pytest.approx(0.5)
+    # exact ties (quantized logits): argmax takes the first class; a tie it resolves against fp32 is a miss
+    ref2 = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+    assert margin_deficit(ref2, torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 3.0]])) == 0.0
+    assert margin_deficit(ref2, torch.tensor([[1.0, 1.0, 0.0], [0.0, 3.0, 3.0]])) > 0.0
     budget = Budget(min_agreement=1.0)
     worse = {"agreement": 0.5, "margin_deficit": 0.5, "sqnr_db": 20.0}
     closer = {"agreement": 0.5, "margin_deficit": 0.1, "sqnr_db": 10.0}

@@ -187,3 +187,19 @@ def test_a_skip_rule_changes_nothing_but_its_layer(layer):
     with torch.inference_mode():
         real = kept.module(x)
     assert sqnr_db(real, estimate) > 60
+
+
+def test_a_clamped_activation_keeps_every_level_of_its_range():
+    # clamp-ranges replaced the observer with one given both the 7-bit quant range and reduce_range=True,
+    # which torch applies again: ReLU6 outputs got 64 levels over [0, 6] instead of 128 (Lite0: 16.1 -> 17.8 dB)
+    from torch.ao.quantization import get_default_qconfig
+
+    from ptsq.backends import qconfig_name
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU6()).eval()
+    calib = [4 * torch.randn(8, 3, 16, 16) for _ in range(4)]  # conv outputs well beyond [0, 6]
+    qm = ptsq.quantize(model, calib, config=QuantConfig(speed_guard=0), progress=False)
+    obs = get_default_qconfig(qconfig_name("x86")).activation()
+    steps = obs.quant_max - obs.quant_min
+    assert float(qm.module.get_submodule("0").scale) == pytest.approx(6.0 / steps, rel=0.02)

@@ -139,7 +139,10 @@ def margin_deficit(ref: torch.Tensor, test: torch.Tensor) -> float:
     top = ref.argmax(1, keepdim=True)
     own = test.gather(1, top)[:, 0]
     others = test.scatter(1, top, float("-inf")).amax(1)
-    return float((others - own).clamp(min=0).double().mean())
+    gap = (others - own).clamp(min=0).double()
+    # an exact tie (quantized logits) that argmax resolves the other way still counts as a miss
+    gap = torch.where(test.argmax(1) != top[:, 0], gap.clamp(min=1e-6), gap)
+    return float(gap.mean())
 
 
 class Evaluator:

@@ -360,10 +360,10 @@ def clamp_ranges(prepared: fx.GraphModule) -> int:
         chosen = chosen_range(obs)  # what the observer would pick (histogram/MSE/... may clip further)
         if chosen is None:
             continue
+        # quant_min/max already hold the 7-bit reduction: passing reduce_range too would halve it again
         new = MinMaxObserver(
-            dtype=obs.dtype, qscheme=obs.qscheme, reduce_range=getattr(obs, "reduce_range", False),
-            quant_min=obs.quant_min, quant_max=obs.quant_max,
-        )  # fmt: skip
+            dtype=obs.dtype, qscheme=obs.qscheme, reduce_range=False, quant_min=obs.quant_min, quant_max=obs.quant_max
+        )
         new.min_val = torch.tensor(max(chosen[0], lo))
         new.max_val = torch.tensor(max(min(chosen[1], hi), float(new.min_val) + 1e-6))
         for attr in owners.get(id(obs), []):
