@@ -248,3 +248,45 @@ def test_pt2e_compiled_with_inductor_is_faithful_and_timed(engine, small, small_
         got = art(x)
     assert art.module.compile_seconds is not None
     assert ptsq.fidelity.sqnr_db(ref, got) > 20.0
+
+
+def test_pt2e_bias_correction_removes_the_output_mean_shift_of_int8_weights():
+    # one large tap per channel makes the int8 grid coarse for the others; with inputs of mean 3 their
+    # rounding shifts each output channel's mean, which the corrected bias takes back
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 8, 3)
+    with torch.no_grad():
+        conv.weight.mul_(0.3).select(1, 0)[:, 0, 0] = 1.0
+    model = torch.nn.Sequential(conv).eval()
+    calib = [b + 3.0 for b in _batches((8, 16, 12, 12))]
+    x = _batches((16, 16, 12, 12), n=1, seed=1)[0] + 3.0
+    errors, notes = [], []
+    for cleanup in (QuantConfig().cleanup, ("fold-bn",)):
+        config = QuantConfig(engine="pt2e", speed_guard=0, cleanup=cleanup, extra=EAGER)
+        qm = ptsq.quantize(model, calib, config=config, progress=False)
+        with torch.no_grad():
+            errors.append(float((qm(x) - model(x)).mean((0, 2, 3)).abs().max()))
+        notes.append([n for n in qm.manifest["notes"] if n.startswith("bias correction")])
+    assert notes == [["bias correction: 1 conv/linear biases corrected for int8 weight rounding"], []]
+    assert errors[0] < errors[1] / 5, errors  # measured 0.003 vs 0.11
+
+
+def test_onnx_pair_safe_weights_are_finer_than_7_bits_and_cannot_saturate(small):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model, calib = small
+
+    def conv_weights(**extra):
+        qm = ptsq.quantize(model, calib, config=_config("onnx", onnx_reduce_range="on", **extra), progress=False)
+        graph = onnx.load_model_from_string(qm.module.model_bytes).graph
+        ws = [numpy_helper.to_array(i).astype(int) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
+        return [w.reshape(w.shape[0], -1) for w in ws if w.ndim == 4 and w.shape[1] > 1]  # not depthwise
+
+    pairs, old = conv_weights(), conv_weights(onnx_saturation="reduce-range")
+    assert pairs and max(int(np.abs(w).max()) for w in old) <= 64  # 7-bit reduce_range
+    assert max(int(np.abs(w).max()) for w in pairs) > 64
+    for w in pairs:  # two largest same-signed weights x 255 stay inside int16 (vpmaddubsw without VNNI)
+        assert np.sort(np.clip(w, 0, None), axis=1)[:, -2:].sum(1).max() <= 128
+        assert np.sort(np.clip(-w, 0, None), axis=1)[:, -2:].sum(1).max() <= 128

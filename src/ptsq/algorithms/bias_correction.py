@@ -51,10 +51,7 @@ class InputMeans:
             x = args[0] if args else None
             if not isinstance(x, torch.Tensor) or x.is_quantized or x.dim() < 2:
                 return
-            x = x.detach().float()
-            channel = x.dim() - 1 if isinstance(self.layers[name], nn.Linear) else 1
-            s = x.transpose(0, channel).reshape(x.shape[channel], -1).sum(1)
-            n = x.numel() // s.numel()
+            s, n = channel_sums(x, x.dim() - 1 if isinstance(self.layers[name], nn.Linear) else 1)
             self.sums[name] = self.sums.get(name, 0) + s
             self.counts[name] = self.counts.get(name, 0) + n
 
@@ -69,9 +66,21 @@ class InputMeans:
         return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k]}
 
 
+def channel_sums(x: torch.Tensor, channel: int) -> tuple[torch.Tensor, int]:
+    """Per-channel sums of ``x`` (fp32) and how many values each sum adds up."""
+    x = x.detach().float()
+    s = x.transpose(0, channel).reshape(x.shape[channel], -1).sum(1)
+    return s, x.numel() // s.numel()
+
+
 def _quantized_weight(w: torch.Tensor, weight_observer: Callable[[], ObserverBase]) -> torch.Tensor:
     obs = weight_observer()
     obs(w)
+    return fake_quantize(w, obs)
+
+
+def fake_quantize(w: torch.Tensor, obs: Any) -> torch.Tensor:
+    """``w`` rounded to the int8 grid of an observer that has seen it (torch.ao's or torchao's)."""
     scale, zp = obs.calculate_qparams()
     if scale.numel() > 1:
         axis = int(getattr(obs, "ch_axis", 0))
@@ -79,6 +88,12 @@ def _quantized_weight(w: torch.Tensor, weight_observer: Callable[[], ObserverBas
             w, scale.float(), zp.int(), axis, int(obs.quant_min), int(obs.quant_max)
         )
     return torch.fake_quantize_per_tensor_affine(w, float(scale), int(zp), int(obs.quant_min), int(obs.quant_max))
+
+
+def bias_shift(dw: torch.Tensor, mu: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """(W_q - W) E[x] per output channel: dW * E[x] summed over input channels (group-aware) and taps."""
+    dwg = dw.reshape(groups, dw.shape[0] // groups, dw.shape[1], -1).sum(-1)  # (G, out/G, ipg)
+    return torch.einsum("goi,gi->go", dwg, mu.reshape(groups, -1).to(dw.dtype)).reshape(-1)
 
 
 def correct_biases(means: InputMeans, weight_observer: Callable[[], ObserverBase], min_shift: float = 0.0) -> int:
@@ -92,9 +107,7 @@ def correct_biases(means: InputMeans, weight_observer: Callable[[], ObserverBase
             groups = getattr(layer, "groups", 1)
             if dq.shape[1] * groups != mu.numel():
                 continue
-            # per output channel: sum over its input channels (group-aware) and kernel taps of dW * E[x]
-            dqg = dq.reshape(groups, dq.shape[0] // groups, dq.shape[1], -1).sum(-1)  # (G, out/G, ipg)
-            shift = torch.einsum("goi,gi->go", dqg, mu.reshape(groups, -1)).reshape(-1)
+            shift = bias_shift(dq, mu, groups)
             if float(shift.abs().max()) <= min_shift:
                 continue
             if layer.bias is None:
