@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -47,8 +49,33 @@ def activation_factory(name: str, base: Callable[..., Any]) -> Callable[..., Any
     return cls.with_args(**keywords)
 
 
-def chosen_range(obs: ObserverBase) -> tuple[float, float] | None:
-    """The (lo, hi) a per-tensor activation observer will quantize over, or None if it cannot say."""
+def clamped(obs: HistogramObserver, lo: float, hi: float) -> HistogramObserver:
+    """A copy of ``obs`` holding the histogram of ``clamp(x, lo, hi)`` instead of ``x``'s: what an observer
+    after a ReLU / ReLU6 / clamp would have collected (the mass outside piles up in the edge bins)."""
+    h, n = obs.histogram, obs.histogram.numel()
+    mn, mx = float(obs.min_val), float(obs.max_val)
+    if not mx > mn or (mn >= lo and mx <= hi):
+        return obs
+    width = (mx - mn) / n
+    first = min(n - 1, max(0, math.floor((lo - mn) / width))) if lo > mn else 0
+    last = max(first, min(n - 1, math.ceil((hi - mn) / width) - 1)) if hi < mx else n - 1
+    sub = copy.deepcopy(obs)
+    kept = h[first : last + 1].clone()
+    kept[0] += h[:first].sum()
+    kept[-1] += h[last + 1 :].sum()
+    sub.histogram, sub.bins = kept, int(kept.numel())
+    sub.min_val, sub.max_val = torch.tensor(mn + first * width), torch.tensor(mn + (last + 1) * width)
+    return sub
+
+
+def chosen_range(obs: ObserverBase, bounds: tuple[float, float] | None = None) -> tuple[float, float] | None:
+    """The (lo, hi) a per-tensor activation observer will quantize over, or None if it cannot say.
+
+    ``bounds``: the value only reaches the model through a clamp to them (ReLU: (0, inf)); the range is
+    then chosen for the clamped values, as an observer after the activation would choose it.
+    """
+    if bounds is not None and isinstance(obs, HistogramObserver) and obs.min_val.numel() == 1:
+        obs = clamped(obs, *bounds)
     if isinstance(obs, HistogramRangeObserver):
         return obs.chosen_range()
     if isinstance(obs, HistogramObserver):

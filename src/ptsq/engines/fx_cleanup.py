@@ -357,7 +357,7 @@ def clamp_ranges(prepared: fx.GraphModule) -> int:
         hi = max(r[1] for r in ranges)  # type: ignore[index]
         if float(obs.min_val) >= lo and float(obs.max_val) <= hi:
             continue  # already inside: nothing to gain
-        chosen = chosen_range(obs)  # what the observer would pick (histogram/MSE/... may clip further)
+        chosen = chosen_range(obs, (lo, hi))  # chosen for the clamped values (histogram/MSE/... clip)
         if chosen is None:
             continue
         # quant_min/max already hold the 7-bit reduction: passing reduce_range too would halve it again

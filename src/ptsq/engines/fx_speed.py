@@ -4,6 +4,8 @@ Some int8 kernels fall off their fast path for particular shapes: on AVX2 x86, a
 TF-style "same" padding (padding 0 after an asymmetric pad) ran 30x slower than fp32 in
 EfficientNet-Lite0. Each layer's int8 kernel is timed against its fp32 twin on the layer's real
 input shape, on this machine, before calibration; a layer slower by more than ``margin`` stays fp32.
+The fp32 side is charged the dequantize/quantize an fp32 layer adds between int8 neighbours: on a
+microsecond-scale layer that costs more than its slow int8 kernel saves.
 
 Layers near the margin would otherwise flip between runs (timings drift), so a verdict is measured
 once per machine (CPU, ISA, torch version, backend, thread count) and kept in
@@ -71,8 +73,15 @@ def _ratio(key: tuple[Any, ...], backend: str) -> float:
     qx = torch.quantize_per_tensor(x, float(x.abs().max()) / 127 + 1e-8, 128, torch.quint8)
     runs = 15 if x.numel() < 2_000_000 else 5
     with torch.inference_mode():
-        fp_ms, i8_ms = _min_ms([mod, q], [x, qx], runs)
-    return i8_ms / max(fp_ms, 1e-6)
+        y = mod(x)
+
+        def island(t: torch.Tensor) -> torch.Tensor:
+            t.dequantize()  # what keeping the layer fp32 adds around it: dequantize its input, quantize its output
+            return torch.quantize_per_tensor(y, 0.05, 128, torch.quint8)
+
+        fp_ms, i8_ms, island_ms = _min_ms([mod, q, island], [x, qx, qx], runs)
+    # a tiny layer's fp32 island costs more than its slow int8 kernel (Fashion ResNet's 1x1 shortcuts)
+    return i8_ms / max(fp_ms + island_ms, 1e-6)
 
 
 STORE = "speed_guard.json"
@@ -82,7 +91,8 @@ def _machine(backend: str) -> str:
     from ptsq.bench import machine_info
 
     m = machine_info()
-    return f"{m['cpu']} | {' '.join(m['isa'])} | torch {m['torch']} | {backend} | {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{m['cpu']} | {' '.join(m['isa'])} | torch {m['torch']} | {backend} | {threads} threads | v2 island cost"
 
 
 @functools.lru_cache(maxsize=4096)
