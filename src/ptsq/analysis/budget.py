@@ -317,11 +317,12 @@ def _greedy(
     for i in range(0, min(len(candidates), max_steps * group), group):
         trial = chosen + candidates[i : i + group]
         m = evaluate(with_float_layers(converted, observed, trial))
-        better = budget.score(m) > best_score
+        score = budget.score(m)
+        better = score > best_score
         steps.append(Step(prefix + trial, "estimate", m, accepted=better))
         say(f"{'keep' if better else 'step back'} fp32 {candidates[i : i + group]}: {_fmt(m)}")
         if better:
-            chosen, best_score = trial, budget.score(m)
+            chosen, best_score = trial, score
             if budget.met(m):
                 break
     return chosen, steps

@@ -87,12 +87,16 @@ def _ratio(key: tuple[Any, ...], backend: str) -> float:
 STORE = "speed_guard.json"
 
 
-def _machine(backend: str) -> str:
+@functools.cache
+def _cpu() -> str:
     from ptsq.bench import machine_info
 
-    m = machine_info()
-    threads = torch.get_num_threads()
-    return f"{m['cpu']} | {' '.join(m['isa'])} | torch {m['torch']} | {backend} | {threads} threads | v2 island cost"
+    m = machine_info()  # reads /proc/cpuinfo: once per process, not once per layer
+    return f"{m['cpu']} | {' '.join(m['isa'])} | torch {m['torch']}"
+
+
+def _machine(backend: str) -> str:
+    return f"{_cpu()} | {backend} | {torch.get_num_threads()} threads | v2 island cost"
 
 
 @functools.lru_cache(maxsize=4096)
