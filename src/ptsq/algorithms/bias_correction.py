@@ -28,12 +28,27 @@ def _base_layer(mod: nn.Module) -> nn.Module | None:
     return None
 
 
-class InputMeans:
+class ChannelMeans:
+    """Running per-channel means of the tensors added under each key (E[x] for bias correction)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, key: str, x: torch.Tensor, channel: int) -> None:
+        s, n = channel_sums(x, channel)
+        self.sums[key] = self.sums.get(key, 0) + s
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    def means(self) -> dict[str, torch.Tensor]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k]}
+
+
+class InputMeans(ChannelMeans):
     """Forward pre-hooks that accumulate the per-channel input mean of every conv/linear of ``model``."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
+        super().__init__()
         self.layers: dict[str, nn.Module] = {}
         self._hooks = []
         kept = [n for n, m in model.named_modules() if type(m).__name__ == "KeepFloat"]  # fp32 by choice
@@ -51,9 +66,7 @@ class InputMeans:
             x = args[0] if args else None
             if not isinstance(x, torch.Tensor) or x.is_quantized or x.dim() < 2:
                 return
-            s, n = channel_sums(x, x.dim() - 1 if isinstance(self.layers[name], nn.Linear) else 1)
-            self.sums[name] = self.sums.get(name, 0) + s
-            self.counts[name] = self.counts.get(name, 0) + n
+            self.add(name, x, x.dim() - 1 if isinstance(self.layers[name], nn.Linear) else 1)
 
         return hook
 
@@ -61,9 +74,6 @@ class InputMeans:
         for h in self._hooks:
             h.remove()
         self._hooks = []
-
-    def means(self) -> dict[str, torch.Tensor]:
-        return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k]}
 
 
 def channel_sums(x: torch.Tensor, channel: int) -> tuple[torch.Tensor, int]:

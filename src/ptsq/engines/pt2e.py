@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ptsq.algorithms.bias_correction import bias_shift, channel_sums, fake_quantize
+from ptsq.algorithms.bias_correction import ChannelMeans, bias_shift, fake_quantize
 from ptsq.config import QuantConfig
 from ptsq.engines import register
 from ptsq.engines.base import EngineResult, LayerPrecision, reduce_range_option, skip_reason
@@ -64,8 +64,7 @@ class BiasCorrection:
 
     def __init__(self, gm: fx.GraphModule) -> None:
         self.gm = gm
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
+        self.inputs = ChannelMeans()
         self.layers: list[tuple[str, fx.Node, fx.Node, fx.Node]] = []  # (input observer, weight obs, weight, bias)
         # one observer instance can sit at several call sites (shared qparams): count calls per instance
         calls = Counter(id(gm.get_submodule(str(n.target))) for n in gm.graph.nodes if n.op == "call_module")
@@ -95,9 +94,7 @@ class BiasCorrection:
         def hook(_mod: nn.Module, args: tuple[Any, ...]) -> None:
             x = args[0] if args else None
             if isinstance(x, torch.Tensor) and x.dim() >= 2:
-                s, n = channel_sums(x, channel % x.dim())
-                self.sums[key] = self.sums.get(key, 0) + s
-                self.counts[key] = self.counts.get(key, 0) + n
+                self.inputs.add(key, x, channel % x.dim())
 
         return hook
 
@@ -112,11 +109,12 @@ class BiasCorrection:
     def apply(self) -> int:
         """Subtract (W_q - W) E[x] from every recorded layer's bias; returns how many changed."""
         count = 0
+        means = self.inputs.means()
         with torch.no_grad():
             for key, w_obs, w_node, b_node in self.layers:
-                if not self.counts.get(key):
+                if key not in means:
                     continue
-                mu, w, bias = self.sums[key] / self.counts[key], self._tensor(w_node), self._tensor(b_node)
+                mu, w, bias = means[key], self._tensor(w_node), self._tensor(b_node)
                 dw = fake_quantize(w, self.gm.get_submodule(str(w_obs.target))) - w
                 if mu.numel() % dw.shape[1] or bias.shape != dw.shape[:1]:
                     continue
