@@ -29,14 +29,16 @@ demo: $(STAMP)
 	$(BIN)/python -m examples.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider --durations=15
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m "" -p no:cacheprovider
+	$(BIN)/python -m pytest -q -m "" -p no:cacheprovider --durations=25
 
+# ruff, then the import contracts in pyproject.toml (layers, engine packages, private modules and names)
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples benchmarks
-	$(BIN)/ruff format --check src tests examples benchmarks
+	$(BIN)/ruff check src tests examples benchmarks lint
+	$(BIN)/ruff format --check src tests examples benchmarks lint
+	PYTHONPATH=src:. $(BIN)/lint-imports --no-cache
 
 bench: $(STAMP) fashion-data
 	# the MiniLM rows (dynamic mode) need the sentence-embedder package and transformers

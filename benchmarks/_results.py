@@ -28,7 +28,7 @@ def write_section(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``results/<name>.json`` atomically and return its path."""
-    from ptsq.bench import machine_info
+    from ptsq.machine import machine_info
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     data = {

@@ -1,7 +1,7 @@
 """Accuracy on every reference model: plain PTQ recipe vs ptsq defaults vs the accuracy budget.
 
 - plain: FX graph mode with torch's default x86 qconfig and nothing else
-  (``QuantConfig(cleanup=(), probe_kernels=False, speed_guard=0)``);
+  (``QuantConfig(cleanup=(), fx={"probe_kernels": False}, speed_guard=0)``);
 - ptsq defaults: ``QuantConfig()`` (graph clean-up, CLE, bias correction, kernel probes, speed guard);
 - budget: :func:`ptsq.quantize_with_budget` on top of the defaults (evaluated on data disjoint from
   the reported evaluation set: held-back calibration batches or a separate labelled split).
@@ -35,7 +35,7 @@ from ptsq.bench import Candidate, benchmark
 from ptsq.config import QuantConfig
 from ptsq.fidelity import fidelity
 
-PLAIN = QuantConfig(cleanup=(), probe_kernels=False, speed_guard=0)
+PLAIN = QuantConfig(cleanup=(), fx={"probe_kernels": False}, speed_guard=0)
 RUNS = 20
 
 
@@ -148,7 +148,7 @@ def _torchvision(name: str) -> Callable[[], Case]:
         import torchvision.models as tvm
         from examples.reference import imagenet
 
-        from benchmarks.bench_reference import _settle_bn
+        from benchmarks._models import settle_bn
         from ptsq.data import CalibrationImages, preset
 
         pre = preset("imagenet", size=(224, 224))
@@ -160,7 +160,7 @@ def _torchvision(name: str) -> Callable[[], Case]:
 
         calib = photos(64, seed=0)
         torch.manual_seed(0)
-        model = _settle_bn(tvm.get_model(name, weights=None), calib[:2])
+        model = settle_bn(tvm.get_model(name, weights=None), calib[:2])
         x = torch.cat(photos(32, seed=1))
         budget = {"sqnr_above_defaults": 3.0, "eval_data": photos(16, seed=2)}
         return Case(f"{name} (random weights, 32 photos)", model, calib, x, None, "sqnr", None, budget,

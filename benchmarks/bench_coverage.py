@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks._models import settle_bn
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "coverage.json"
 REPORT = HERE.parent / "COVERAGE.md"
@@ -157,26 +159,6 @@ def _inputs(e: Entry, batch: int, seed: int) -> tuple[Any, ...]:
     return (torch.randn(batch, 3, e.size, e.size, generator=g),)
 
 
-def _settle_bn(model: Any, batches: list[tuple[Any, ...]]) -> None:
-    """Random init can shrink activations to ~0; re-estimate BN statistics as a trained net has them."""
-    import torch
-
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for args in batches:
-            try:
-                model(*args)
-            except Exception:  # detection heads want targets in training mode: settle BN layer by layer
-                break
-    model.eval()
-
-
 def _macs(module: Any, args: tuple[Any, ...]) -> dict[str, float]:
     """Conv/linear multiply-accumulates of one forward, split by whether the layer runs int8."""
     import torch
@@ -257,7 +239,7 @@ def run_one(e: Entry) -> dict[str, Any]:
             return rec
         stage = "fp32 forward"
         calib = [_inputs(e, 2, seed) for seed in range(4)]
-        _settle_bn(model, calib)
+        settle_bn(model, calib)
         fixed = _inputs(e, 1, 99)
         with torch.inference_mode():
             ref = model(*fixed)
@@ -374,7 +356,7 @@ def load_results(path: Path | None = None) -> dict[str, Any]:
 
 
 def save_results(data: dict[str, Any], path: Path | None = None) -> None:
-    from ptsq.bench import machine_info
+    from ptsq.machine import machine_info
 
     path = path or RESULTS
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 import ptsq
+from benchmarks._models import settle_bn
 from benchmarks._results import write_section
 from ptsq.bench import Candidate, benchmark
 from ptsq.config import QuantConfig
@@ -53,18 +54,6 @@ ISSUE_REFERENCE = {
     "efficientnet_lite0": "-",
 }
 ENCODER = "all-MiniLM-L6-v2"
-
-
-def _settle_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for x in batches:
-            model(x)
-    return model.eval()
 
 
 def _baseline_ort(model: nn.Module, calib: list[torch.Tensor], example: torch.Tensor, d: Path) -> nn.Module:
@@ -113,7 +102,7 @@ def _jobs(photos: Path, quick: bool) -> list[tuple[str, str, Any, Preprocess]]:
 
         def build(name: str = name) -> nn.Module:
             torch.manual_seed(0)
-            return _settle_bn(tvm.get_model(name, weights=None), settle)
+            return settle_bn(tvm.get_model(name, weights=None), settle)
 
         jobs.append((name, "random", build, pre))
     lite0 = ("efficientnet_lite0", "real", imagenet.efficientnet_lite0, Preprocess(**imagenet.PREPROCESS))
@@ -143,7 +132,7 @@ def measure(name: str, weights: str, build: Any, pre: Preprocess, photos: Path, 
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     qm = ptsq.quantize(
-                        model, calib, config=QuantConfig(engine=eng, extra={"pt2e_compile": False}), progress=False
+                        model, calib, config=QuantConfig(engine=eng, pt2e={"compile": False}), progress=False
                     )
                     path = qm.save(d / f"{name}.{eng}")
                     art = ptsq.load(path)

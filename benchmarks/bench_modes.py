@@ -237,7 +237,8 @@ def bench_qat() -> None:
 
     import ptsq
     import ptsq.qat
-    from ptsq.modes.finetune import finetune
+    from ptsq.config import QatOptions, QuantConfig
+    from ptsq.modes.qat import finetune
 
     torch.manual_seed(0)
     torch.set_num_threads(int(os.environ.get("PTSQ_QAT_THREADS", "1")))
@@ -264,13 +265,15 @@ def bench_qat() -> None:
     x_all, y_all = preprocess(images[index]), torch.from_numpy(labels[index])
     data = [(x_all[i : i + batch], y_all[i : i + batch]) for i in range(0, steps * batch, batch)]
     # lr = 0 check: calibrated, untrained fake quantization should score about what PTQ does
-    untrained = ptsq.qat.prepare(fp32, (calib[:1],), backend="x86", qconfig_mapping=_w4a8(True))
+    untrained = ptsq.qat.prepare(fp32, (calib[:1],), config=QuantConfig(backend="x86"), qconfig_mapping=_w4a8(True))
     ptsq.qat.calibrate(untrained, data, max_batches=8)
     acc_fq0 = fashion_accuracy(untrained.eval())
     t0, c0 = time.perf_counter(), time.process_time()
-    qat_model = ptsq.qat.prepare(fp32, (calib[:1],), backend="x86", qconfig_mapping=_w4a8(True))
+    qat_model = ptsq.qat.prepare(fp32, (calib[:1],), config=QuantConfig(backend="x86"), qconfig_mapping=_w4a8(True))
     freeze_bn_at = float(os.environ.get("PTSQ_QAT_FREEZE_BN", "0.3"))
-    hist = finetune(qat_model, data, epochs=1, lr=lr, progress=sys.stderr.isatty(), freeze_bn_at=freeze_bn_at)
+    hist = finetune(
+        qat_model, data, QatOptions(epochs=1, lr=lr, freeze_bn_at=freeze_bn_at), progress=sys.stderr.isatty()
+    )
     train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     acc_fq = fashion_accuracy(qat_model.eval())
     qm4 = ptsq.qat.convert(qat_model, check_inputs=[(calib[:64],)])
@@ -298,7 +301,7 @@ def bench_qat() -> None:
             "Default int8 PTQ loses nothing on this model, so the QAT experiment uses a deliberately harder setting: "
             "4-bit per-channel symmetric weights ([-8, 7] inside int8 kernels), 8-bit activations, for both PTQ "
             "(histogram observers, 512 calibration images) and QAT.",
-            f"QAT: ptsq.qat.prepare(qconfig_mapping=4-bit) + ptsq.modes.finetune.finetune: ranges calibrated on "
+            f"QAT: ptsq.qat.prepare(qconfig_mapping=4-bit) + ptsq.modes.qat.finetune: ranges calibrated on "
             f"{hist['calibration_batches']} training batches in eval mode first, then SGD momentum 0.9, lr {lr} with "
             f"cosine decay, {steps} steps of {batch} training images ({torch.get_num_threads()} threads, wall "
             f"{train_s:.0f} s, CPU {train_cpu:.0f} s on a shared machine); BN statistics frozen at "

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 import ptsq
+from benchmarks._models import settle_bn
 from benchmarks._results import write_section
 from ptsq.bench import Candidate, benchmark
 from ptsq.data import CalibrationImages, Preprocess, decode_image, preset
@@ -57,19 +58,6 @@ class Job:
 
 def _batches(x: torch.Tensor, bs: int) -> list[torch.Tensor]:
     return [x[i : i + bs] for i in range(0, len(x), bs)]
-
-
-def _settle_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
-    """Re-estimate BatchNorm statistics on real data (random-init statistics give degenerate outputs)."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for x in batches:
-            model(x)
-    return model.eval()
 
 
 def _nbytes_state(model: nn.Module) -> int:
@@ -217,7 +205,7 @@ def _torchvision_job(name: str, photos: Photos, n_calib: int) -> Job:
 
     def build() -> nn.Module:
         torch.manual_seed(0)
-        return _settle_bn(tvm.get_model(name, weights=None), settle)
+        return settle_bn(tvm.get_model(name, weights=None), settle)
 
     return Job(name, "random", build, pre, lambda: photos.batches(pre, n_calib, 16))
 

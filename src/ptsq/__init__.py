@@ -12,13 +12,25 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "quantize": "ptsq.api",
-    "quantize_dynamic": "ptsq.modes.dynamic",
+    "quantize_dynamic": "ptsq.api",
     "load": "ptsq.quantized",
-    "QuantizationWarning": "ptsq.api",
     "QuantizedModel": "ptsq.quantized",
     "ArtifactModel": "ptsq.quantized",
     "QuantConfig": "ptsq.config",
     "SkipRule": "ptsq.config",
+    **{
+        name: "ptsq.config"
+        for name in (
+            "FxOptions",
+            "OnnxOptions",
+            "OpenVinoOptions",
+            "Pt2eOptions",
+            "AutoOptions",
+            "CalibrationOptions",
+            "DynamicOptions",
+            "QatOptions",
+        )
+    },
     "Preprocess": "ptsq.data.preprocess",
     "preset": "ptsq.data.preprocess",
     "CalibrationImages": "ptsq.data.images",
@@ -35,7 +47,7 @@ _ERRORS = [
     "DataError", "ImageDecodeError", "InputShapeError", "TraceError", "QuantizationError", "ArtifactError",
     "OutputPathError", "Interrupted",
 ]  # fmt: skip
-_EXPORTS.update({name: "ptsq.errors" for name in _ERRORS})
+_EXPORTS.update({name: "ptsq.errors" for name in [*_ERRORS, "QuantizationWarning"]})
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
 

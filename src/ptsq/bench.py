@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ptsq.errors import ConfigError, InputShapeError, first_line
 from ptsq.fidelity import flatten_outputs
+from ptsq.machine import machine_info
 from ptsq.progress import task
 
 
@@ -110,39 +109,6 @@ def peak_memory(
     }
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def machine_info() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = _cpu_flags()
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "neon", "asimd") if f in flags]
-    return {
-        "cpu": model,
-        "isa": isa,
-        "cores": os.cpu_count(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "quantized_engine": torch.backends.quantized.engine,
-    }
-
-
 def _percentile(xs: Sequence[float], q: float) -> float:
     s = sorted(xs)
     k = (len(s) - 1) * q
@@ -172,6 +138,64 @@ def check_same_outputs(cands: Sequence[Candidate], args: tuple[Any, ...]) -> Non
             )
 
 
+def interleaved(
+    fns: Sequence[Callable[..., Any]],
+    args: tuple[Any, ...],
+    *,
+    warmup: int,
+    runs: int,
+    tick: Callable[[int], None] | None = None,
+) -> list[list[float]]:
+    """Milliseconds of each ``fn(*args)``, run in rounds of one call each in a rotating order.
+
+    Machine drift (other load, frequency changes) then hits every function alike, so ratios hold even
+    when absolute times wander. The first ``warmup`` rounds are not recorded.
+    """
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(warmup + runs):
+        k = r % len(fns)
+        for i in list(range(k, len(fns))) + list(range(k)):  # rotate so no function always runs first
+            t0 = time.perf_counter()
+            fns[i](*args)
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                times[i].append(dt * 1000.0)
+        if tick is not None:
+            tick(len(fns))
+    return times
+
+
+def _timings(candidates: Sequence[Candidate], times: list[list[float]], threads: int, bs: int) -> list[Timing]:
+    base = statistics.median(times[0])
+    out = []
+    for i, (c, xs) in enumerate(zip(candidates, times)):
+        med = statistics.median(xs)
+        out.append(
+            Timing(
+                label=c.label, kind=c.kind, threads=threads, batch_size=bs, median_ms=round(med, 3),
+                p90_ms=round(_percentile(xs, 0.9), 3), mean_ms=round(statistics.fmean(xs), 3),
+                min_ms=round(min(xs), 3), samples_per_s=round(bs * 1000.0 / med, 2),
+                speedup=round(base / med, 3) if i else 1.0, size_bytes=c.size_bytes, runs=len(xs),
+            )
+        )  # fmt: skip
+    return out
+
+
+def _add_memory(
+    result: BenchResult, candidates: Sequence[Candidate], args: tuple[Any, ...], bs: int, threads: int
+) -> None:
+    """Peak memory of each candidate with a ``source``, one child process each (see :func:`peak_memory`)."""
+    shape = tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else None
+    for i, c in enumerate(candidates):
+        if c.source is None or shape is None:
+            m: dict[str, Any] = {"peak_rss_mb": None, "model_mb": None, "error": "no source to reload from"}
+        else:
+            m = peak_memory(c.source, shape, threads=threads)
+        result.memory.append({"label": c.label, "batch_size": bs, "threads": threads, **m})
+        for t in result.timings[i :: len(candidates)]:  # timings are appended in candidate order
+            t.peak_rss_mb, t.model_mb = m.get("peak_rss_mb"), m.get("model_mb")
+
+
 def benchmark(
     candidates: Sequence[Candidate],
     make_inputs: Callable[[int], tuple[Any, ...]],
@@ -198,59 +222,25 @@ def benchmark(
     result = BenchResult(machine=machine_info())
     saved_threads = torch.get_num_threads()
     total = len(threads) * len(batch_sizes) * (warmup + runs) * len(candidates)
-    done = 0
     try:
         with task("benchmarking", total, progress) as update, torch.inference_mode():
+            done = 0
+
+            def tick(n: int) -> None:
+                nonlocal done
+                done += n
+                update(done)
+
             for bs in batch_sizes:
                 args = make_inputs(bs)
                 if check_outputs:
                     check_same_outputs(candidates, args)
                 for nt in threads:
                     torch.set_num_threads(nt)
-                    times: dict[int, list[float]] = {i: [] for i in range(len(candidates))}
-                    for r in range(warmup + runs):
-                        order = list(range(len(candidates)))
-                        k = r % len(order)
-                        order = order[k:] + order[:k]  # rotate so no model always runs first
-                        for i in order:
-                            t0 = time.perf_counter()
-                            candidates[i].fn(*args)
-                            dt = time.perf_counter() - t0
-                            if r >= warmup:
-                                times[i].append(dt * 1000.0)
-                            done += 1
-                        update(done)
-                    base = statistics.median(times[0])
-                    for i, c in enumerate(candidates):
-                        xs = times[i]
-                        med = statistics.median(xs)
-                        result.timings.append(
-                            Timing(
-                                label=c.label,
-                                kind=c.kind,
-                                threads=nt,
-                                batch_size=bs,
-                                median_ms=round(med, 3),
-                                p90_ms=round(_percentile(xs, 0.9), 3),
-                                mean_ms=round(statistics.fmean(xs), 3),
-                                min_ms=round(min(xs), 3),
-                                samples_per_s=round(bs * 1000.0 / med, 2),
-                                speedup=round(base / med, 3) if i else 1.0,
-                                size_bytes=c.size_bytes,
-                                runs=len(xs),
-                            )
-                        )
+                    times = interleaved([c.fn for c in candidates], args, warmup=warmup, runs=runs, tick=tick)
+                    result.timings.extend(_timings(candidates, times, nt, bs))
     finally:
         torch.set_num_threads(saved_threads)
     if memory:
-        args = make_inputs(max(batch_sizes))
-        shape = tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else None
-        for i, c in enumerate(candidates):
-            if c.source is None or shape is None:
-                m: dict[str, Any] = {"peak_rss_mb": None, "model_mb": None, "error": "no source to reload from"}
-            else:
-                m = peak_memory(c.source, shape, threads=threads[0])
-            result.memory.append({"label": c.label, "batch_size": max(batch_sizes), "threads": threads[0], **m})
-            for t in result.timings[i :: len(candidates)]:  # timings are appended in candidate order
-                t.peak_rss_mb, t.model_mb = m.get("peak_rss_mb"), m.get("model_mb")
+        _add_memory(result, candidates, make_inputs(max(batch_sizes)), max(batch_sizes), threads[0])
     return result

@@ -180,6 +180,7 @@ class CalibrationStream:
         self.held: list[tuple[Any, ...]] = []
         self.calibrated_samples = 0
         self.calibrated_batches = 0
+        self.in_sample_check = False  # True when there was too little data to hold any back
 
     def _next(self) -> tuple[Any, ...] | None:
         try:

@@ -87,6 +87,10 @@ class Interrupted(PtsqError):
     default_hint = "run the command again; no partial output was left behind"
 
 
+class QuantizationWarning(UserWarning):
+    """The int8 model's self-check found it far from fp32."""
+
+
 __all__ = [
     "ArtifactError",
     "BackendError",
@@ -99,6 +103,7 @@ __all__ = [
     "OutputPathError",
     "PtsqError",
     "QuantizationError",
+    "QuantizationWarning",
     "TraceError",
     "UnsafeFileError",
     "WeightsMismatchError",

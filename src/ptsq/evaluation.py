@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -283,6 +283,90 @@ def _scores(out: Any, label: str) -> torch.Tensor:
     return ts[0].float()
 
 
+class Tally:
+    """Top-1/top-5 of each model and its fidelity to the first, accumulated batch by batch in data order.
+
+    Every path that evaluates (one process, or outputs gathered from workers) feeds the same ``add``, so
+    the figures are computed by one piece of code whatever ran the models.
+    """
+
+    def __init__(self, names: Sequence[str], found: Labelled) -> None:
+        self.names = list(names)
+        self.found = found
+        self.meters = [FidelityMeter() for _ in self.names[1:]]
+        self.top1 = [0] * len(self.names)
+        self.top5 = [0] * len(self.names)
+        self.counted = 0
+        self.classes: int | None = None
+
+    def add(self, outs: Sequence[Any], y: torch.Tensor | None, n: int) -> None:
+        """One batch of ``n`` samples: each model's output, and the labels (None when unlabelled)."""
+        if y is not None:
+            for j, (name, out) in enumerate(zip(self.names, outs)):
+                s = _scores(out, name)
+                if self.classes is None:
+                    self.classes = int(s.shape[1])
+                    _check_classes(self.found, self.classes, name)
+                topk = s.topk(min(5, s.shape[1]), dim=1).indices
+                self.top1[j] += int((topk[:, 0] == y).sum())
+                self.top5[j] += int((topk == y[:, None]).any(1).sum())
+        for meter, name, out in zip(self.meters, self.names[1:], outs[1:]):
+            try:
+                meter.update(outs[0], out)
+            except ValueError:
+                raise ConfigError(
+                    f"'{name}' outputs differ in shape from '{self.names[0]}'s", "compare versions of the same model"
+                ) from None
+        self.counted += n
+
+    def scores(self, kinds: Sequence[str], labelled: bool) -> list[ModelScore]:
+        out = []
+        for j, (name, kind) in enumerate(zip(self.names, kinds)):
+            sc = ModelScore(name, kind)
+            if labelled:
+                sc.top1, sc.top5 = round(self.top1[j] / self.counted, 6), round(self.top5[j] / self.counted, 6)
+            if j:
+                sc.fidelity = self.meters[j - 1].result().to_dict()
+            out.append(sc)
+        return out
+
+
+def image_batches(
+    found: Labelled, pre: Preprocess, batch_size: int, skipped: list[tuple[str, str]], update: Any = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Decoded ``(images, labels)`` batches in file order; unreadable files go to ``skipped``."""
+    paths, ys = found.paths, found.labels
+    for start in range(0, len(paths), batch_size):
+        chunk = range(start, min(start + batch_size, len(paths)))
+        xs, yb = [], []
+        for i in chunk:
+            try:
+                xs.append(_decode(paths[i], pre))
+            except ImageDecodeError as exc:
+                skipped.append((str(paths[i]), exc.reason))
+                continue
+            if ys is not None:
+                yb.append(ys[i])
+        if update is not None:
+            update(chunk.stop)
+        if xs:
+            yield torch.stack(xs), (torch.tensor(yb) if ys is not None else None)
+
+
+def run_models(models: Sequence[nn.Module], names: Sequence[str], x: torch.Tensor) -> list[Any]:
+    """Every model's output on ``x``; a model that rejects the input is the user's preprocessing, said once."""
+    outs = []
+    for name, m in zip(names, models):
+        try:
+            outs.append(m(x))
+        except Exception as exc:
+            raise InputShapeError(
+                f"'{name}' rejects inputs of shape {tuple(x.shape)}: {first_line(exc)}",
+                "pass the preprocessing the model expects (--input-size, --preset, --channels)",
+            ) from None
+    return outs
+
+
 def evaluate(
     models: Sequence[nn.Module],
     data: str | Path,
@@ -310,8 +394,7 @@ def evaluate(
         raise ConfigError(f"batch_size {batch_size!r} must be at least 1", "e.g. --batch-size 32")
     names = list(names) if names is not None else [f"model {i}" for i in range(len(models))]
     kinds = list(kinds) if kinds is not None else ["int8" if hasattr(m, "manifest") else "fp32" for m in models]
-    from_artifacts = preprocess_from_artifacts(models, names)
-    pre = preprocess or from_artifacts or Preprocess()
+    pre = preprocess or preprocess_from_artifacts(models, names) or Preprocess()
     found = find_labelled(
         data, labels=labels, label_pattern=label_pattern, class_map=class_map,
         labels_from_index=labels_from_index, max_images=max_images,
@@ -324,75 +407,21 @@ def evaluate(
         )
     for m in models:
         m.eval()
-    meters = [FidelityMeter() for _ in models[1:]]
-    top1 = [0] * len(models)
-    top5 = [0] * len(models)
-    counted = 0
+    tally = Tally(names, found)
     skipped: list[tuple[str, str]] = []
-    n_classes: int | None = None
-    paths, ys = found.paths, found.labels
-    with task("evaluating", len(paths), progress) as update, torch.inference_mode():
-        for start in range(0, len(paths), batch_size):
-            chunk = range(start, min(start + batch_size, len(paths)))
-            xs, yb = [], []
-            for i in chunk:
-                try:
-                    xs.append(_decode(paths[i], pre))
-                except ImageDecodeError as exc:
-                    skipped.append((str(paths[i]), exc.reason))
-                    continue
-                if ys is not None:
-                    yb.append(ys[i])
-            update(chunk.stop)
-            if not xs:
-                continue
-            x = torch.stack(xs)
-            outs = []
-            for name, m in zip(names, models):
-                try:
-                    outs.append(m(x))
-                except Exception as exc:
-                    raise InputShapeError(
-                        f"'{name}' rejects inputs of shape {tuple(x.shape)}: {first_line(exc)}",
-                        "pass the preprocessing the model expects (--input-size, --preset, --channels)",
-                    ) from None
-            if ys is not None:
-                y = torch.tensor(yb)
-                for j, (name, out) in enumerate(zip(names, outs)):
-                    s = _scores(out, name)
-                    if n_classes is None:
-                        n_classes = int(s.shape[1])
-                        _check_classes(found, n_classes, name)
-                    k = min(5, s.shape[1])
-                    topk = s.topk(k, dim=1).indices
-                    top1[j] += int((topk[:, 0] == y).sum())
-                    top5[j] += int((topk == y[:, None]).any(1).sum())
-            for meter, name, out in zip(meters, names[1:], outs[1:]):
-                try:
-                    meter.update(outs[0], out)
-                except ValueError:
-                    raise ConfigError(
-                        f"'{name}' outputs differ in shape from '{names[0]}'s",
-                        "compare versions of the same model",
-                    ) from None
-            counted += len(xs)
-    if counted == 0:
+    with task("evaluating", len(found.paths), progress) as update, torch.inference_mode():
+        for x, y in image_batches(found, pre, batch_size, skipped, update):
+            tally.add(run_models(models, names, x), y, len(x))
+    if tally.counted == 0:
         raise DataError(
-            f"none of the {len(paths)} images in '{data}' could be read; first problem: {skipped[0][1]}",
+            f"none of the {len(found.paths)} images in '{data}' could be read; first problem: {skipped[0][1]}",
             "check the files are complete, real images",
         )
-    scores = []
-    for j, (name, kind) in enumerate(zip(names, kinds)):
-        sc = ModelScore(name, kind)
-        if ys is not None:
-            sc.top1, sc.top5 = round(top1[j] / counted, 6), round(top5[j] / counted, 6)
-        if j:
-            sc.fidelity = meters[j - 1].result().to_dict()
-        scores.append(sc)
+    labelled = found.labels is not None
     return EvalResult(
-        source=str(data), images=counted, skipped=skipped, labels=found.mode,
-        classes=n_classes if ys is not None else None, preprocess=pre.to_dict(), models=scores,
-        ignored=len(found.ignored),
+        source=str(data), images=tally.counted, skipped=skipped, labels=found.mode,
+        classes=tally.classes if labelled else None, preprocess=pre.to_dict(),
+        models=tally.scores(kinds, labelled), ignored=len(found.ignored),
     )  # fmt: skip
 
 
@@ -416,4 +445,7 @@ def _check_classes(found: Labelled, n_outputs: int, name: str) -> None:
         )
 
 
-__all__ = ["EvalResult", "Labelled", "ModelScore", "evaluate", "find_labelled", "preprocess_from_artifacts"]
+__all__ = [
+    "EvalResult", "Labelled", "ModelScore", "Tally", "evaluate", "find_labelled", "image_batches",
+    "preprocess_from_artifacts", "run_models",
+]  # fmt: skip

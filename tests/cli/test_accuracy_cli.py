@@ -56,9 +56,9 @@ def test_quantize_observer_cleanup_and_config_file(photo_dir, small_weights, tmp
                   *COMMON, "--config", cfg, "--no-cleanup", "equalize", "--json")  # fmt: skip
     assert res.code == 0, res.stderr
     config = json.loads(run_cli("info", out, "--json").stdout)["config"]
-    assert config["observer"] == "percentile" and config["skip"] == ["name:fc"]
+    assert config["fx"]["observer"] == "percentile" and config["skip"] == ["name:fc"]
     assert "equalize" not in config["cleanup"] and "fold-bn" in config["cleanup"]
-    assert config["speed_guard"] == 0  # a command-line option that differs from its default wins
+    assert config["speed_guard"] == 0  # a command-line option wins over the recipe
 
 
 def test_bad_accuracy_options_are_clean_errors(photo_dir, small_weights, tmp_path):

@@ -542,10 +542,6 @@ def test_catalogue(case: Case, tmp_path: Path, shared, request, monkeypatch) -> 
     assert list(out.iterdir()) == [], "output or temporary files left behind"
 
 
-def test_catalogue_has_at_least_30_cases() -> None:
-    assert len(CASES) >= 30
-
-
 # --------------------------------------------------------------------------- real file systems
 
 

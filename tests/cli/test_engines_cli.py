@@ -51,7 +51,7 @@ def test_info_reads_a_pt2e_artifact_without_compiling(tmp_path):
     g = torch.Generator().manual_seed(0)
     calib = [torch.randn(4, 3, 32, 32, generator=g) for _ in range(4)]
     qm = ptsq.quantize(
-        randomize_bn(SmallNet()), calib, config=QuantConfig(engine="pt2e", extra={"pt2e_compile": False}),
+        randomize_bn(SmallNet()), calib, config=QuantConfig(engine="pt2e", pt2e={"compile": False}),
         progress=False,
     )  # fmt: skip
     out = qm.save(tmp_path / "small.pt2")

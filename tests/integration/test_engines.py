@@ -1,6 +1,6 @@
 """The pt2e and onnx engines (and --engine auto) end to end through the API, against FX and fp32.
 
-The fast tier runs PT2E without inductor (``pt2e_compile=False`` at quantize time, ``PTSQ_PT2E_EAGER=1``
+The fast tier runs PT2E without inductor (``pt2e.compile=False`` at quantize time, ``PTSQ_PT2E_EAGER=1``
 when a fresh process loads the artifact); the compile-heavy paths are marked ``slow``.
 """
 
@@ -21,7 +21,7 @@ from ptsq.config import QuantConfig
 from ptsq.errors import ConfigError, TraceError
 from tests.models import FaceNet, RootUntraceable, SmallNet, randomize_bn
 
-EAGER = {"pt2e_compile": False}
+EAGER = {"compile": False}
 
 
 def _batches(shape, n=6, seed=0):
@@ -29,8 +29,10 @@ def _batches(shape, n=6, seed=0):
     return [torch.randn(*shape, generator=g) for _ in range(n)]
 
 
-def _config(engine: str, **extra) -> QuantConfig:
-    return QuantConfig(engine=engine, speed_guard=0, extra={**EAGER, **extra})
+def _config(engine: str, **options) -> QuantConfig:
+    """``onnx_format="qoperator"`` style keywords set ``onnx.format``."""
+    dotted = {k.replace("_", ".", 1): v for k, v in options.items()}
+    return QuantConfig(engine=engine, speed_guard=0, pt2e=EAGER).replace(**dotted)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +134,7 @@ def test_prelu_model_is_faithful(engine):
 def test_skip_rules_keep_layers_fp32_in_every_engine(small):
     model, calib = small
     for engine in ("pt2e", "onnx"):
-        cfg = QuantConfig(engine=engine, speed_guard=0, skip=("name:fc",), extra=EAGER)
+        cfg = QuantConfig(engine=engine, speed_guard=0, skip=("name:fc",), pt2e=EAGER)
         prec = ptsq.quantize(model, calib, config=cfg, progress=False).precision
         fc = [p for n, p in prec.items() if n.split("#")[0] == "fc" or "linear" in n]
         assert fc and all(p["precision"] == "fp32" for p in fc), (engine, prec)
@@ -142,7 +144,7 @@ def test_skip_rules_keep_layers_fp32_in_every_engine(small):
 
 def test_auto_picks_a_faithful_engine_and_reports_the_table(small):
     model, calib = small
-    cfg = QuantConfig(engine="auto", speed_guard=0, extra={"auto_engines": ["fx", "onnx"], "auto_runs": 5})
+    cfg = QuantConfig(engine="auto", speed_guard=0, auto={"engines": ["fx", "onnx"], "runs": 5})
     qm = ptsq.quantize(model, calib, config=cfg, progress=False)
     table = qm.summary()["auto"]
     assert {r["engine"] for r in table["engines"]} == {"fx", "onnx"}
@@ -200,8 +202,8 @@ def test_onnx_export_failure_names_the_operator():
 
 def test_bad_engine_options_are_named(small):
     model, calib = small
-    with pytest.raises(ConfigError, match="onnx_calibration"):
-        ptsq.quantize(model, calib, config=QuantConfig(engine="onnx", extra={"onnx_calibration": "magic"}))
+    with pytest.raises(ConfigError, match=r"onnx\.calibration"):
+        ptsq.quantize(model, calib, config=QuantConfig(engine="onnx", onnx={"calibration": "magic"}))
     with pytest.raises(ConfigError, match="engine 'tensorrt' is unknown"):
         QuantConfig(engine="tensorrt")
 
@@ -262,7 +264,7 @@ def test_pt2e_bias_correction_removes_the_output_mean_shift_of_int8_weights():
     x = _batches((16, 16, 12, 12), n=1, seed=1)[0] + 3.0
     errors, notes = [], []
     for cleanup in (QuantConfig().cleanup, ("fold-bn",)):
-        config = QuantConfig(engine="pt2e", speed_guard=0, cleanup=cleanup, extra=EAGER)
+        config = QuantConfig(engine="pt2e", speed_guard=0, cleanup=cleanup, pt2e=EAGER)
         qm = ptsq.quantize(model, calib, config=config, progress=False)
         with torch.no_grad():
             errors.append(float((qm(x) - model(x)).mean((0, 2, 3)).abs().max()))

@@ -41,7 +41,9 @@ def test_dynamic_linear_int8_weights_fidelity_and_reload(tmp_path) -> None:  # t
     model = TokenMLP().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ex = model.example_inputs()
-    qm = ptsq.quantize_dynamic(model, example_inputs=ex, check_inputs=_checks(ex), min_cosine=0.99)
+    qm = ptsq.quantize_dynamic(
+        model, example_inputs=ex, check_inputs=_checks(ex), config=QuantConfig(dynamic={"min_cosine": 0.99})
+    )
     packed = [m for m in qm.module.modules() if type(m).__name__ == "FullRangeLinear"]
     assert packed and all(m.weight().dtype == torch.qint8 for m in packed)
     assert qm.fidelity["cosine_mean"] >= 0.99 and qm.fidelity["passed"]
@@ -63,7 +65,9 @@ def test_dynamic_rnn(cls, qtype, tmp_path) -> None:  # type: ignore[no-untyped-d
     torch.manual_seed(0)
     model = cls().eval()
     ex = model.example_inputs()
-    qm = ptsq.quantize_dynamic(model, example_inputs=ex, check_inputs=_checks(ex), min_cosine=None)
+    qm = ptsq.quantize_dynamic(
+        model, example_inputs=ex, check_inputs=_checks(ex), config=QuantConfig(dynamic={"min_cosine": 0})
+    )
     rnn = qm.module.lstm
     assert type(rnn).__module__.startswith("torch.ao.nn.quantized.dynamic") and type(rnn).__name__ == qtype
     assert qm.precision["lstm"]["precision"] == "int8"
@@ -79,11 +83,18 @@ def test_dynamic_budget_puts_worst_layers_back_and_skip_rules() -> None:
     torch.manual_seed(0)
     model = TokenMLP().eval()
     ex = model.example_inputs()
-    strict = ptsq.quantize_dynamic(model, example_inputs=ex, check_inputs=_checks(ex), min_cosine=0.9999)
+    strict = ptsq.quantize_dynamic(
+        model,
+        example_inputs=ex,
+        check_inputs=_checks(ex),
+        config=QuantConfig(dynamic={"min_cosine": 1.0}),  # unreachable: layers must go back
+    )
     fp32 = [n for n, r in strict.precision.items() if r["precision"] == "fp32"]
     assert fp32 and "sensitivity" in strict.manifest["details"]
     assert all("kept in fp32" in strict.precision[n]["reason"] for n in fp32)
-    skipped = ptsq.quantize_dynamic(model, example_inputs=ex, config=QuantConfig(skip=("name:head",)), min_cosine=None)
+    skipped = ptsq.quantize_dynamic(
+        model, example_inputs=ex, config=QuantConfig(skip=("name:head",), dynamic={"min_cosine": 0})
+    )
     assert skipped.precision["head"]["precision"] == "fp32"
     assert isinstance(skipped.module.head, nn.Linear)
     with pytest.raises(ConfigError, match="matches no layer"):
@@ -121,7 +132,8 @@ def _train_fp32(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int =
 
 @pytest.mark.slow  # the fast tier covers prepare -> fine-tune -> convert through the CLI (test_modes_cli)
 def test_qat_prepare_train_convert_on_real_digits(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from ptsq.modes.finetune import finetune
+    from ptsq.config import QatOptions
+    from ptsq.modes.qat import finetune
 
     torch.manual_seed(0)
     x, y = digits(3, 40)
@@ -129,12 +141,12 @@ def test_qat_prepare_train_convert_on_real_digits(tmp_path) -> None:  # type: ig
     with torch.inference_mode():
         acc_fp32 = float((model(x).argmax(1) == y).float().mean())
     assert acc_fp32 > 0.9
-    prepared = ptsq.qat.prepare(model, (x[:1],), backend="auto")
+    prepared = ptsq.qat.prepare(model, (x[:1],))
     fq = [m for m in prepared.modules() if "FakeQuantize" in type(m).__name__]
     assert fq, "fake quantization inserted"
     perm = torch.randperm(120, generator=torch.Generator().manual_seed(0))
     data = [(x[perm[p : p + 20]], y[perm[p : p + 20]]) for p in range(0, 120, 20)]
-    hist = finetune(prepared, data, epochs=2, lr=0.01, progress=False)
+    hist = finetune(prepared, data, QatOptions(epochs=2, lr=0.01), progress=False)
     assert hist["steps"] == 12 and len(hist["epochs"]) == 2
     assert all(int(m.observer_enabled[0]) == 0 for m in fq if hasattr(m, "observer_enabled"))  # frozen at 60%
     qm = ptsq.qat.convert(prepared, check_inputs=[(x,)])

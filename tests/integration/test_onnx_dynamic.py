@@ -12,8 +12,8 @@ import torch
 
 import ptsq
 from ptsq.config import QuantConfig
-from ptsq.engines.base import has_vnni
 from ptsq.errors import ConfigError, QuantizationError
+from ptsq.machine import has_vnni
 from tests.cli.conftest import assert_clean_error, run_cli
 from tests.models_seq import ConvOnly, TinyEncoder
 
@@ -21,7 +21,7 @@ pytest.importorskip("onnxruntime")
 
 SEQ = Path(__file__).resolve().parents[1] / "models_seq.py"
 # the TorchScript exporter takes ~1 s here; the default dynamo exporter ~15 s (the CLI test covers it)
-FAST = {"onnx_exporter": "torchscript"}
+FAST = {"exporter": "torchscript"}
 
 
 def _checks() -> list[tuple[torch.Tensor]]:
@@ -31,7 +31,7 @@ def _checks() -> list[tuple[torch.Tensor]]:
 
 def test_onnx_dynamic_is_faithful_and_reloads_in_a_fresh_process(tmp_path: Path) -> None:
     model = TinyEncoder().eval()
-    config = QuantConfig(engine="onnx", mode="dynamic", extra=FAST)
+    config = QuantConfig(engine="onnx", mode="dynamic", onnx=FAST)
     qm = ptsq.quantize_dynamic(model, example_inputs=model.example_inputs(), check_inputs=_checks(), config=config)
     m = qm.manifest
     assert m["engine"] == "onnx" and m["mode"] == "dynamic"
@@ -66,7 +66,7 @@ def test_onnx_dynamic_is_faithful_and_reloads_in_a_fresh_process(tmp_path: Path)
 
 def test_onnx_dynamic_honours_skip_rules() -> None:
     model = TinyEncoder().eval()
-    config = QuantConfig(engine="onnx", mode="dynamic", skip=("name:head",), extra=FAST)
+    config = QuantConfig(engine="onnx", mode="dynamic", skip=("name:head",), onnx=FAST)
     qm = ptsq.quantize_dynamic(model, example_inputs=model.example_inputs(), config=config)
     rows = {r["name"]: r for r in qm.manifest["precision"]}
     assert rows["head"]["precision"] == "fp32" and "skip rule" in rows["head"]["reason"]
@@ -111,7 +111,7 @@ def test_cli_dynamic_onnx_happy_path(tmp_path: Path) -> None:
 
 def test_dynamic_auto_times_fx_and_onnx_and_keeps_a_faithful_one(tmp_path: Path) -> None:
     model = TinyEncoder().eval()
-    config = QuantConfig(engine="auto", mode="dynamic", extra={**FAST, "auto_runs": 3})
+    config = QuantConfig(engine="auto", mode="dynamic", onnx=FAST, auto={"runs": 3})
     qm = ptsq.quantize_dynamic(model, example_inputs=model.example_inputs(), check_inputs=_checks(), config=config)
     table = qm.summary()["auto"]
     rows = {r["engine"]: r for r in table["engines"]}

@@ -51,14 +51,14 @@ def test_openvino_quantizes_saves_and_reloads_in_a_fresh_process(small, tmp_path
 
 def test_openvino_skip_rule_keeps_the_conv_fp32_and_options_are_checked(small):
     model, calib = small
-    cfg = QuantConfig(engine="openvino", speed_guard=0, skip=("name:features.3",), extra={"openvino_preset": "mixed"})
+    cfg = QuantConfig(engine="openvino", speed_guard=0, skip=("name:features.3",), openvino={"preset": "mixed"})
     qm = ptsq.quantize(model, calib, config=cfg, progress=False)
     assert qm.precision["features.3"]["precision"] == "fp32"
     assert "skip rule" in qm.precision["features.3"]["reason"]
     assert qm.precision["features.0"]["precision"] == "int8"
     assert qm.manifest["details"]["preset"] == "mixed"
-    with pytest.raises(ConfigError, match="openvino_preset"):
-        ptsq.quantize(model, calib, config=QuantConfig(engine="openvino", extra={"openvino_preset": "fast"}))
+    with pytest.raises(ConfigError, match=r"openvino\.preset"):
+        ptsq.quantize(model, calib, config=QuantConfig(engine="openvino", openvino={"preset": "fast"}))
 
 
 class DepthwiseNet(nn.Module):
@@ -89,14 +89,14 @@ def test_openvino_keeps_depthwise_convs_fp32_unless_told():
     qm = ptsq.quantize(model, calib, config=QuantConfig(engine="openvino", speed_guard=0), progress=False)
     assert qm.manifest["details"]["depthwise"] == "fp32"
     dw = qm.precision["dw.0"]
-    assert dw["precision"] == "fp32" and "openvino_depthwise" in dw["reason"], qm.precision
+    assert dw["precision"] == "fp32" and "openvino.depthwise" in dw["reason"], qm.precision
     assert qm.precision["stem.0"]["precision"] == "int8" and qm.precision["pw.0"]["precision"] == "int8"
     assert "depthwise" not in qm.precision["grouped.0"].get("reason", ""), qm.precision  # groups of 4 channels
     assert any(n.startswith("1 depthwise conv") for n in qm.manifest["notes"]), qm.manifest["notes"]
 
-    cfg = QuantConfig(engine="openvino", speed_guard=0, extra={"openvino_depthwise": "int8"})
+    cfg = QuantConfig(engine="openvino", speed_guard=0, openvino={"depthwise": "int8"})
     qm8 = ptsq.quantize(model, calib, config=cfg, progress=False)
     assert qm8.manifest["details"]["depthwise"] == "int8"
     assert qm8.precision["dw.0"]["precision"] == "int8", qm8.precision
-    with pytest.raises(ConfigError, match="openvino_depthwise"):
-        ptsq.quantize(model, calib, config=QuantConfig(engine="openvino", extra={"openvino_depthwise": "fp16"}))
+    with pytest.raises(ConfigError, match=r"openvino\.depthwise"):
+        ptsq.quantize(model, calib, config=QuantConfig(engine="openvino", openvino={"depthwise": "fp16"}))

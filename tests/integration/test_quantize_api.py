@@ -30,7 +30,7 @@ def test_prelu_model_is_faithful_where_plain_recipe_is_not():
     model = randomize_bn(FaceNet())
     calib = _batches((8, 3, 24, 24), n=8)
     plain = ptsq.quantize(
-        model, calib, config=QuantConfig(probe_kernels=False, warn_sqnr_db=-100, speed_guard=0), progress=False
+        model, calib, config=QuantConfig(fx={"probe_kernels": False}, warn_sqnr_db=-100, speed_guard=0), progress=False
     )
     ours = ptsq.quantize(model, calib, config=EXACT, progress=False)
     plain_db, ours_db = plain.fidelity["sqnr_db"], ours.fidelity["sqnr_db"]

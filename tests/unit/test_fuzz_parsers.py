@@ -74,8 +74,9 @@ def test_skip_rule_parse(text: str) -> None:
 
 
 _CONFIG_KEYS = [
-    "engine", "mode", "backend", "per_channel", "skip", "strict", "probe_kernels", "check_batches", "warn_sqnr_db",
-    "warn_agreement", "freeze", "speed_guard", "cleanup", "seed", "extra", "type", "version",
+    "engine", "mode", "backend", "per_channel", "skip", "strict", "check_batches", "warn_sqnr_db", "warn_agreement",
+    "freeze", "speed_guard", "cleanup", "seed", "fx", "onnx", "openvino", "pt2e", "auto", "calibration", "dynamic",
+    "qat", "type", "version",
 ]  # fmt: skip
 
 
@@ -97,7 +98,10 @@ def test_quant_config_from_json_text(text: str) -> None:
         data = json.loads(text)
     except ValueError:
         return
-    _ok_or_ptsq(QuantConfig.from_dict, data)
+    cfg = _ok_or_ptsq(QuantConfig.from_dict, data)
+    if cfg is not None:  # only a mapping of known keys loads, and it loads to exactly what it says
+        assert isinstance(data, dict) and QuantConfig.from_dict(cfg.to_dict()) == cfg
+        assert all(cfg.to_dict()[k] == v for k, v in data.items() if k in ("engine", "mode", "seed", "strict"))
 
 
 _PRE_KEYS = ["size", "crop_pct", "scale", "mean", "std", "channels", "preset"]
@@ -127,7 +131,9 @@ def _valid_manifest() -> dict[str, Any]:
     )
 )
 def test_unseal_manifest(text: str) -> None:
-    _ok_or_ptsq(artifact.unseal, text, Path("fuzz.pt"))
+    data = _ok_or_ptsq(artifact.unseal, text, Path("fuzz.pt"))
+    if data is not None:  # what is accepted is exactly what seal() writes for it: nothing edited slipped through
+        assert data["format"] == artifact.FORMAT and json.loads(artifact.seal(data)) == data
 
 
 def test_unseal_accepts_what_seal_writes() -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ptsq.algorithms.fallback import Trial, greedy_fallback
 from ptsq.analysis.sensitivity import swappable_layers, with_float_layers
 from ptsq.calibration import as_args
 from ptsq.config import QuantConfig, SkipRule
@@ -194,6 +195,36 @@ def _latency(models: list[tuple[str, Callable[..., Any]]], example: tuple[Any, .
     return [t.median_ms for t in res.timings]
 
 
+def _hold_back(
+    calib: list[Any], eval_data: Iterable[Any] | None, max_drop: float | None
+) -> tuple[list[Any], list[Any]]:
+    """(calibration batches, evaluation batches): without ``eval_data`` the last quarter is held back."""
+    if eval_data is not None:
+        return calib, list(eval_data)
+    if max_drop is not None:
+        raise ConfigError("--max-drop needs labelled evaluation data", "pass --eval-data DIR with class sub-folders")
+    if len(calib) < 2:
+        raise DataError("too few calibration batches to hold some back", "pass --eval-data or more images")
+    k = max(1, len(calib) // 4)
+    return calib[:-k], calib[-k:]
+
+
+class _Measure:
+    """A budget step from a real int8 model: the budget's metrics, and its latency against fp32."""
+
+    def __init__(self, model: nn.Module, evaluate: Evaluator, runs: int) -> None:
+        self.model, self.evaluate, self.runs = model, evaluate, runs
+        self.fp32_ms: list[float] = []
+
+    def __call__(self, layers: list[str], cand: Any) -> Step:
+        m = self.evaluate(cand.module)
+        if self.runs <= 0:
+            return Step(list(layers), "int8", m)
+        fp, i8 = _latency([("fp32", self.model), ("int8", cand.module)], self.evaluate.inputs[0], self.runs)
+        self.fp32_ms.append(fp)
+        return Step(list(layers), "int8", m, i8, fp / i8)
+
+
 def quantize_with_budget(
     model: nn.Module,
     calibration: Iterable[Any],
@@ -217,24 +248,13 @@ def quantize_with_budget(
     quarter of the calibration batches (at least one) is held back and used for evaluation.
     ``max_steps`` groups are tried per round; ``rounds`` re-quantizations at most. ``latency_runs=0`` skips timing.
     """
-    from ptsq.api import quantize
+    from ptsq.modes.static import quantize_static
 
     budget = Budget(max_drop, min_agreement, min_sqnr)
     config = config or QuantConfig()
     if group < 1:
         raise ConfigError(f"group {group} must be at least 1", "e.g. group=1")
-    calib = list(calibration)
-    if eval_data is None:
-        if max_drop is not None:
-            raise ConfigError(
-                "--max-drop needs labelled evaluation data", "pass --eval-data DIR with class sub-folders"
-            )
-        if len(calib) < 2:
-            raise DataError("too few calibration batches to hold some back", "pass --eval-data or more images")
-        k = max(1, len(calib) // 4)
-        calib, eval_batches = calib[:-k], calib[-k:]
-    else:
-        eval_batches = list(eval_data)
+    calib, eval_batches = _hold_back(list(calibration), eval_data, max_drop)
     was = model.training
     model.eval()
     say = log or (lambda _m: None)
@@ -242,18 +262,8 @@ def quantize_with_budget(
         evaluate = Evaluator(model, eval_batches)
         if budget.max_drop is not None and evaluate.labels is None:
             raise DataError("--max-drop needs labels in the evaluation data", "use a folder with class sub-folders")
-        qm = quantize(model, calib, config=config, progress=progress, **quantize_kwargs)
-        timing = latency_runs > 0
-
-        fp32_ms: list[float] = []
-
-        def measured(layers: list[str], cand: Any) -> Step:
-            m = evaluate(cand.module)
-            if not timing:
-                return Step(list(layers), "int8", m)
-            fp, i8 = _latency([("fp32", model), ("int8", cand.module)], evaluate.inputs[0], latency_runs)
-            fp32_ms.append(fp)
-            return Step(list(layers), "int8", m, i8, fp / i8)
+        qm = quantize_static(model, calib, config, progress=progress, **quantize_kwargs)
+        measured = _Measure(model, evaluate, latency_runs)
 
         first = measured([], qm)
         steps = [first]
@@ -274,7 +284,7 @@ def quantize_with_budget(
             # the real thing: re-quantize with skip rules and measure it
             layers = current_layers + chosen
             rules = tuple(config.skip) + tuple(SkipRule("name", n) for n in layers)
-            cand = quantize(model, calib, config=replace(config, skip=rules), progress=progress, **quantize_kwargs)
+            cand = quantize_static(model, calib, replace(config, skip=rules), progress=progress, **quantize_kwargs)
             step = measured(layers, cand)
             step.accepted = budget.score(step.metrics) > budget.score(best)
             steps.append(step)
@@ -283,7 +293,7 @@ def quantize_with_budget(
                 best_qm, best, best_layers = cand, step.metrics, layers
             # re-calibration moved the result: rank again from the real model
             current, current_layers, current_m = cand, layers, step.metrics
-        fp_ms = fp32_ms[0] if fp32_ms else None
+        fp_ms = measured.fp32_ms[0] if measured.fp32_ms else None
         return BudgetResult(best_qm, budget.met(best), budget.describe(), steps, list(best_layers), fp_ms)
     finally:
         model.train(was)
@@ -311,21 +321,15 @@ def _greedy(
     base_score = budget.score(base)
     candidates = sorted((n for n in names if solo[n] > base_score), key=lambda n: solo[n], reverse=True)
     say(f"{len(candidates)} of {len(names)} int8 layers improve the score alone")
-    chosen: list[str] = []
-    best_score = base_score
-    steps = []
-    for i in range(0, min(len(candidates), max_steps * group), group):
-        trial = chosen + candidates[i : i + group]
-        m = evaluate(with_float_layers(converted, observed, trial))
-        score = budget.score(m)
-        better = score > best_score
-        steps.append(Step(prefix + trial, "estimate", m, accepted=better))
-        say(f"{'keep' if better else 'step back'} fp32 {candidates[i : i + group]}: {_fmt(m)}")
-        if better:
-            chosen, best_score = trial, score
-            if budget.met(m):
-                break
-    return chosen, steps
+
+    def told(t: Trial[dict[str, Any]]) -> None:
+        say(f"{'keep' if t.accepted else 'step back'} fp32 {t.layers[-group:]}: {_fmt(t.result)}")
+
+    chosen, trials = greedy_fallback(
+        candidates, lambda layers: evaluate(with_float_layers(converted, observed, layers)), budget.score,
+        budget.met, base_score=base_score, limit=max_steps, group=group, on_trial=told,
+    )  # fmt: skip
+    return chosen, [Step(prefix + t.layers, "estimate", t.result, accepted=t.accepted) for t in trials]
 
 
 def _fmt(m: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ from ptsq.calibration import as_args, batch_size
 from ptsq.config import QuantConfig
 from ptsq.errors import DataError
 from ptsq.fidelity import FidelityMeter, sqnr_db
+from ptsq.modes.check import capture_outputs
 
 MIN_GAIN_DB = 1.0  # a layer is worth keeping in fp32 only if it lifts the output SQNR this much
 
@@ -133,14 +134,12 @@ def layer_sqnrs(
     observed: nn.Module, converted: nn.Module, names: Sequence[str], batches: Sequence[tuple[Any, ...]]
 ) -> dict[str, float]:
     """SQNR of each named layer's int8 output against the fp32 output at the same point."""
-    from ptsq.selfcheck import _capture
-
     ref: dict[str, list[torch.Tensor]] = {}
     got: dict[str, list[torch.Tensor]] = {}
     for args in batches:
-        for n, t in _capture(observed, names, args).items():
+        for n, t in capture_outputs(observed, names, args).items():
             ref.setdefault(n, []).append(t.reshape(-1))
-        for n, t in _capture(converted, names, args).items():
+        for n, t in capture_outputs(converted, names, args).items():
             got.setdefault(n, []).append(t.reshape(-1))
     out = {}
     for n in names:
@@ -193,13 +192,13 @@ def analyze(
     The calibration batches are all used for calibration; the ranking is measured on the last
     ``config.check_batches`` of them (at least one), as the self-check does.
     """
-    from ptsq.api import quantize
+    from ptsq.modes.static import quantize_static
 
     config = config or QuantConfig()
     batches = [as_args(transform(b) if transform else b) for b in calibration]
     if not batches:
         raise DataError("the calibration data is empty", "give a folder with at least one image")
-    qm = quantize(model, batches, config=config, progress=progress)
+    qm = quantize_static(model, batches, config, progress=progress)
     observed = qm.result.debug.get("observed")
     if observed is None:
         raise DataError("this engine does not expose its calibrated fp32 graph", "use --engine fx")

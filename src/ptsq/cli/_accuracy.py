@@ -1,10 +1,7 @@
-"""Accuracy options of ``ptsq quantize``: --observer, --cleanup/--no-cleanup, --config, and the budget loop."""
+"""The accuracy budget of ``ptsq quantize``: --max-drop / --min-agreement / --min-sqnr with --eval-data."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import fields, replace
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -14,22 +11,6 @@ from rich.table import Table
 from ptsq.config import QuantConfig
 from ptsq.errors import ConfigError
 
-ObserverOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--observer", help="Activation ranges: minmax | moving-average | histogram | mse | percentile | entropy."
-    ),
-]
-CleanupOpt = Annotated[
-    str | None,
-    typer.Option("--cleanup", help="Comma-separated clean-up steps to run (replaces the default list); 'none' = off."),
-]
-NoCleanupOpt = Annotated[
-    list[str] | None, typer.Option("--no-cleanup", help="Turn one clean-up step off (repeatable), e.g. equalize.")
-]
-ConfigOpt = Annotated[
-    str | None, typer.Option("--config", help="QuantConfig JSON file; options that differ from their default win.")
-]
 MaxDropOpt = Annotated[
     float | None, typer.Option("--max-drop", help="Budget: top-1 drop in points on --eval-data (class sub-folders).")
 ]
@@ -40,48 +21,6 @@ MinAgreementOpt = Annotated[
     float | None, typer.Option("--min-agreement", help="Budget: top-1 agreement with fp32 (0..1).")
 ]
 MinSqnrOpt = Annotated[float | None, typer.Option("--min-sqnr", help="Budget: output SQNR against fp32 in dB.")]
-
-
-def build_config(
-    cli: QuantConfig,
-    config_file: str | None,
-    observer: str | None,
-    cleanup: str | None,
-    no_cleanup: list[str] | None,
-) -> QuantConfig:
-    """--config FILE, then every option that differs from its default, then --observer/--cleanup/--no-cleanup.
-
-    Skip rules add up: the file's rules first, then the command line's.
-    """
-    config = cli
-    if config_file:
-        path = Path(config_file)
-        try:
-            data = json.loads(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read --config '{path}': {exc.strerror or exc}", "check the path") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--config '{path}' is not valid JSON ({exc.msg})", "fix the file") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"--config '{path}' holds a {type(data).__name__}, not an object", "write a JSON object")
-        base = QuantConfig.from_dict(data)
-        default = QuantConfig()
-        changed = {f.name: getattr(cli, f.name) for f in fields(QuantConfig)
-                   if f.name != "skip" and getattr(cli, f.name) != getattr(default, f.name)}  # fmt: skip
-        config = replace(base, **changed, skip=tuple(base.skip) + tuple(cli.skip))
-    if observer is not None:
-        config = replace(config, observer=observer)
-    if cleanup is not None:
-        steps = tuple(s.strip() for s in cleanup.split(",") if s.strip() and s.strip() != "none")
-        config = replace(config, cleanup=steps)
-    if no_cleanup:
-        from ptsq.engines.fx_cleanup import STEPS
-
-        unknown = [s for s in no_cleanup if s not in STEPS]
-        if unknown:
-            raise ConfigError(f"unknown clean-up step(s) {unknown}", f"choose from: {', '.join(STEPS)}")
-        config = replace(config, cleanup=tuple(s for s in config.cleanup if s not in no_cleanup))
-    return config
 
 
 def check_budget(max_drop: float | None, min_agreement: float | None, min_sqnr: float | None,

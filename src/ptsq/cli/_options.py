@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from ptsq.data.preprocess import Preprocess, parse_floats, parse_size, preset
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout; no progress bars.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but warnings and errors.")]
@@ -36,17 +40,32 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the calibration s
 CropOpt = Annotated[float | None, typer.Option("--crop-pct", help="Centre-crop fraction (1 = resize only).")]
 
 
-def resolve_preprocess(
-    default: Preprocess | None,
-    preset_name: str | None,
-    input_size: str | None,
-    mean: str | None,
-    std: str | None,
-    scale: float | None,
-    channels: str | None,
-    crop_pct: float | None,
-) -> Preprocess:
-    """Model default (or imagenet) < --preset < individual options."""
+PREPROCESS_OPTIONS: dict[str, Any] = {
+    "input_size": InputSizeOpt,
+    "preset_name": PresetOpt,
+    "mean": MeanOpt,
+    "std": StdOpt,
+    "scale": ScaleOpt,
+    "channels": ChannelsOpt,
+    "crop_pct": CropOpt,
+}
+
+
+def with_preprocess_options(fn: F) -> F:
+    """Give a command the preprocessing options, defined once here; they reach it in its ``**pre``."""
+    sig = inspect.signature(fn, eval_str=True)
+    params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=a)
+             for n, a in PREPROCESS_OPTIONS.items()]  # fmt: skip
+    fn.__signature__ = sig.replace(parameters=params + extra)  # type: ignore[attr-defined]
+    fn.__annotations__.update(PREPROCESS_OPTIONS)
+    return fn
+
+
+def preprocess_from(default: Preprocess | None, params: Mapping[str, Any]) -> Preprocess:
+    """Model default (or imagenet) < --preset < individual options, from a command's parameters."""
+    preset_name, input_size = params.get("preset_name"), params.get("input_size")
+    mean, std, channels = params.get("mean"), params.get("std"), params.get("channels")
     pre = preset(preset_name) if preset_name else (default or preset("imagenet"))
     if preset_name and default is not None and input_size is None:
         pre = pre.with_overrides(size=default.size) if preset_name == "imagenet" else pre
@@ -54,7 +73,7 @@ def resolve_preprocess(
         size=parse_size(input_size) if input_size else None,
         mean=parse_floats(mean, "mean") if mean else None,
         std=parse_floats(std, "std") if std else None,
-        scale=scale,
+        scale=params.get("scale"),
         channels=channels.lower() if channels else None,
-        crop_pct=crop_pct,
+        crop_pct=params.get("crop_pct"),
     )

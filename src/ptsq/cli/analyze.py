@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ptsq.cli import _accuracy as acc
+from ptsq.cli import _config as cfg
 from ptsq.cli import _options as o
 from ptsq.cli._errors import guarded
 from ptsq.cli._output import Output
@@ -25,6 +25,7 @@ Examples:
 
 
 def analyze_cmd(
+    ctx: typer.Context,
     model: Annotated[
         str, typer.Argument(help="torchvision:NAME, package.module:callable, file.py:callable, or a file")
     ],
@@ -32,13 +33,6 @@ def analyze_cmd(
     weights: o.WeightsOpt = None,
     trust_pickle: o.TrustOpt = False,
     backend: Annotated[str, typer.Option("--backend", help="auto | x86 | fbgemm | onednn | qnnpack")] = "auto",
-    input_size: o.InputSizeOpt = None,
-    preset_name: o.PresetOpt = None,
-    mean: o.MeanOpt = None,
-    std: o.StdOpt = None,
-    scale: o.ScaleOpt = None,
-    channels: o.ChannelsOpt = None,
-    crop_pct: o.CropOpt = None,
     num_calib: o.NumCalibOpt = 300,
     batch_size: o.CalibBatchOpt = 32,
     seed: o.SeedOpt = 0,
@@ -48,10 +42,10 @@ def analyze_cmd(
     speed_guard: Annotated[
         float, typer.Option("--speed-guard", help="As for quantize; 0 = off (analyse every layer).")
     ] = 1.5,
-    observer: acc.ObserverOpt = None,
-    cleanup: acc.CleanupOpt = None,
-    no_cleanup: acc.NoCleanupOpt = None,
-    config_file: acc.ConfigOpt = None,
+    observer: cfg.ObserverOpt = None,
+    cleanup: cfg.CleanupOpt = None,
+    no_cleanup: cfg.NoCleanupOpt = None,
+    config_file: cfg.ConfigOpt = None,
     top: Annotated[int, typer.Option("--top", help="Recommend at most this many layers for fp32.")] = 3,
     min_gain: Annotated[
         float, typer.Option("--min-gain", help="Recommend a layer only if fp32 lifts the output SQNR this many dB.")
@@ -59,25 +53,26 @@ def analyze_cmd(
     plot: Annotated[str | None, typer.Option("--plot", help="Write a bar chart (PNG) of the ranking here.")] = None,
     json_out: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
+    **pre: Any,
 ) -> None:
     from ptsq.analysis.sensitivity import analyze
-    from ptsq.config import QuantConfig
     from ptsq.data.images import CalibrationImages
     from ptsq.errors import ConfigError
     from ptsq.models import load_model
 
     out = Output(json_mode=json_out, quiet=quiet)
-    if num_calib < 1 or batch_size < 1 or top < 0:
-        raise ConfigError("--num-calib and --batch-size must be at least 1, --top at least 0", "e.g. --num-calib 64")
-    config = QuantConfig(backend=backend, skip=tuple(skip or ()), seed=seed, speed_guard=speed_guard)
-    config = acc.build_config(config, config_file, observer, cleanup, no_cleanup)
+    if top < 0:
+        raise ConfigError(f"--top {top} must be at least 0", "e.g. --top 3")
+    config = cfg.build_config(ctx, locals())
     if plot:
         from ptsq import artifact
 
         artifact.check_output_path(plot, True)
     loaded = load_model(model, weights=weights, trust_pickle=trust_pickle)
-    pre = o.resolve_preprocess(loaded.preprocess, preset_name, input_size, mean, std, scale, channels, crop_pct)
-    images = CalibrationImages(calib, pre, num=num_calib, batch_size=batch_size, seed=seed)
+    pre = o.preprocess_from(loaded.preprocess, pre)
+    images = CalibrationImages(
+        calib, pre, num=config.calibration.num, batch_size=config.calibration.batch_size, seed=config.seed
+    )
     report = analyze(loaded.model, images, config=config, top=top, min_gain_db=min_gain, progress=out.progress)
     data: dict[str, Any] = {"model": model, "calib": calib, **report.to_dict()}
     rules = " ".join(f"--skip {r}" for r in config.skip)
@@ -125,4 +120,4 @@ def _f(v: float | None) -> str:
 def register(app: typer.Typer) -> None:
     app.command(
         "analyze", help="Rank int8 layers by how much they hurt accuracy; name the ones to keep fp32.\n" + EXAMPLES
-    )(guarded(analyze_cmd))
+    )(guarded(o.with_preprocess_options(analyze_cmd)))

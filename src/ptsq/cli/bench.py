@@ -64,8 +64,6 @@ def bench_cmd(
 
     from ptsq.bench import Candidate, benchmark
     from ptsq.cli._models import load_all
-    from ptsq.data.preprocess import parse_input_sizes
-    from ptsq.errors import ConfigError
 
     out = Output(json_mode=json_out, quiet=quiet)
     thread_list, batch_list = _ints(threads, "threads"), _ints(batch_size, "batch-size")
@@ -76,24 +74,9 @@ def bench_cmd(
 
         require_matplotlib()
         plot_path = check_output_path(plot, force=True)  # fail before minutes of timing
-    shapes: list[list[int]] | None = None  # one per model input, batch dimension first
-    cands: list[Candidate] = []
-    for item in load_all(models, weights, trust_pickle):
-        cands.append(Candidate(item.label, item.runner, item.size_bytes, kind=item.kind, source=item.source))
-        if shapes is None:
-            every = getattr(item.module, "input_shapes", None)  # an artifact records every input
-            spec = getattr(item.module, "manifest", {}).get("input", {})
-            flat = spec.get("keywords") or all(n.startswith("[") and n.count("[") == 1 for n in spec.get("names", []))
-            if every and flat:
-                shapes = [list(s) for s in every]
-            else:
-                one = item.input_shape or (list(item.preprocess.input_shape()) if item.preprocess else None)
-                shapes = [one] if one else None
-    if input_size:  # one size, or one per input: 3x224x224,3x112x112
-        chans = shapes[0][1] if shapes and len(shapes[0]) == 4 else 3
-        shapes = [[1, *chw] for chw in parse_input_sizes(input_size, chans)]
-    if not shapes:
-        raise ConfigError("cannot tell the input size of these models", "pass --input-size, e.g. --input-size 224")
+    items = load_all(models, weights, trust_pickle)
+    cands = [Candidate(i.label, i.runner, i.size_bytes, kind=i.kind, source=i.source) for i in items]
+    shapes = _input_shapes(items, input_size)
     gen = torch.Generator().manual_seed(0)
     bases = [torch.randn(max(batch_list), *s[1:], generator=gen) for s in shapes]
 
@@ -122,6 +105,31 @@ def bench_cmd(
         data["plot"] = str(plot_path)
         out.info(f"wrote {plot_path}")
     out.result(data, render)
+
+
+def _input_shapes(items: list[Any], input_size: str | None) -> list[list[int]]:
+    """One shape per model input, batch dimension first: --input-size, else the first model that knows."""
+    from ptsq.data.preprocess import parse_input_sizes
+    from ptsq.errors import ConfigError
+
+    shapes: list[list[int]] | None = None
+    for item in items:
+        every = getattr(item.module, "input_shapes", None)  # an artifact records every input
+        spec = getattr(item.module, "manifest", {}).get("input", {})
+        flat = spec.get("keywords") or all(n.startswith("[") and n.count("[") == 1 for n in spec.get("names", []))
+        if every and flat:
+            shapes = [list(s) for s in every]
+        else:
+            one = item.input_shape or (list(item.preprocess.input_shape()) if item.preprocess else None)
+            shapes = [one] if one else None
+        if shapes:
+            break
+    if input_size:  # one size, or one per input: 3x224x224,3x112x112
+        chans = shapes[0][1] if shapes and len(shapes[0]) == 4 else 3
+        shapes = [[1, *chw] for chw in parse_input_sizes(input_size, chans)]
+    if not shapes:
+        raise ConfigError("cannot tell the input size of these models", "pass --input-size, e.g. --input-size 224")
+    return shapes
 
 
 def render(console: Console, d: dict[str, Any]) -> None:

@@ -46,13 +46,6 @@ def eval_cmd(
     ] = False,
     weights: o.WeightsOpt = None,
     trust_pickle: o.TrustOpt = False,
-    input_size: o.InputSizeOpt = None,
-    preset_name: o.PresetOpt = None,
-    mean: o.MeanOpt = None,
-    std: o.StdOpt = None,
-    scale: o.ScaleOpt = None,
-    channels: o.ChannelsOpt = None,
-    crop_pct: o.CropOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch.")] = 32,
     max_images: Annotated[
         int | None, typer.Option("--max-images", help="Evaluate at most this many (a reproducible subset).")
@@ -60,6 +53,7 @@ def eval_cmd(
     threads: Annotated[int | None, typer.Option("--threads", help="torch threads (default: torch's).")] = None,
     json_out: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
+    **pre: Any,
 ) -> None:
     import torch
 
@@ -80,7 +74,7 @@ def eval_cmd(
     kinds = [i.kind for i in items]
     model_default = next((i.preprocess for i in items if i.preprocess is not None), None)
     default = preprocess_from_artifacts(mods, names) or model_default
-    pre = o.resolve_preprocess(default, preset_name, input_size, mean, std, scale, channels, crop_pct)
+    pre = o.preprocess_from(default, pre)
     res = evaluate(
         mods, data, preprocess=pre, names=names, kinds=kinds, labels=labels.lower(), label_pattern=label_pattern,
         class_map=class_map, labels_from_index=labels_from_index, batch_size=batch_size, max_images=max_images,
@@ -125,5 +119,5 @@ def render(console: Console, d: dict[str, Any]) -> None:
 
 def register(app: typer.Typer) -> None:
     app.command("eval", help="Accuracy and fidelity to fp32 of models and artifacts on images.\n" + EXAMPLES)(
-        guarded(eval_cmd)
+        guarded(o.with_preprocess_options(eval_cmd))
     )

@@ -18,18 +18,33 @@ Examples:
   ptsq info resnet18_int8.pt
 
   ptsq info resnet18_int8.pt --json
+
+  ptsq info resnet18_int8.pt --recipe > recipe.yaml
 """
 
 
 def info_cmd(
     artifact_path: Annotated[str, typer.Argument(metavar="ARTIFACT", help="A file written by 'ptsq quantize'.")],
+    recipe: Annotated[
+        bool, typer.Option("--recipe", help="Print only the recipe (YAML) the artifact was made with.")
+    ] = False,
     json_out: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
 ) -> None:
     from ptsq.quantized import load
 
     out = Output(json_mode=json_out, quiet=quiet)
-    out.result(load(artifact_path).info(), render)
+    info = load(artifact_path).info()
+    if recipe:
+        from ptsq.config import QuantConfig
+
+        config = QuantConfig.from_dict(info["config"])  # older artifacts' configs are read and upgraded
+        if json_out:
+            out.result(config.to_dict(), render)
+        else:
+            typer.echo(config.to_yaml(), nl=False)
+        return
+    out.result(info, render)
 
 
 def render(console: Console, m: dict[str, Any]) -> None:

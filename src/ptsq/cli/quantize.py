@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ptsq.cli import _accuracy as acc
+from ptsq.cli import _config as cfg
 from ptsq.cli import _options as o
 from ptsq.cli._errors import guarded
 from ptsq.cli._output import Output, human_bytes
@@ -39,6 +40,7 @@ Examples:
 
 
 def quantize_cmd(
+    ctx: typer.Context,
     model: Annotated[
         str, typer.Argument(help="torchvision:NAME, package.module:callable, file.py:callable, or a file")
     ],
@@ -61,13 +63,6 @@ def quantize_cmd(
             "--engine", help=f"{' | '.join(available_engines())} | auto (try all, keep the fastest faithful one)."
         ),
     ] = "fx",
-    input_size: o.InputSizeOpt = None,
-    preset_name: o.PresetOpt = None,
-    mean: o.MeanOpt = None,
-    std: o.StdOpt = None,
-    scale: o.ScaleOpt = None,
-    channels: o.ChannelsOpt = None,
-    crop_pct: o.CropOpt = None,
     num_calib: o.NumCalibOpt = 300,
     batch_size: o.CalibBatchOpt = 32,
     seed: o.SeedOpt = 0,
@@ -98,10 +93,11 @@ def quantize_cmd(
         float,
         typer.Option("--min-cosine", help="--mode dynamic (fx): keep layers fp32 until int8 cosine >= this; 0 = off."),
     ] = 0.99,
-    observer: acc.ObserverOpt = None,
-    cleanup: acc.CleanupOpt = None,
-    no_cleanup: acc.NoCleanupOpt = None,
-    config_file: acc.ConfigOpt = None,
+    observer: cfg.ObserverOpt = None,
+    cleanup: cfg.CleanupOpt = None,
+    no_cleanup: cfg.NoCleanupOpt = None,
+    config_file: cfg.ConfigOpt = None,
+    save_config: cfg.SaveConfigOpt = None,
     max_drop: acc.MaxDropOpt = None,
     eval_data: acc.EvalDataOpt = None,
     min_agreement: acc.MinAgreementOpt = None,
@@ -109,71 +105,78 @@ def quantize_cmd(
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite OUTPUT if it exists.")] = False,
     json_out: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
+    **pre: Any,
 ) -> None:
-    import torch
+    params = dict(locals())
+    _quantize(ctx, {**params, **params.pop("pre")})
 
+
+def _quantize(ctx: typer.Context, p: dict[str, Any]) -> None:
+    """Build the config from the flags (and recipe), load model and data, call the library, save, report."""
     from ptsq import artifact
     from ptsq.api import quantize
-    from ptsq.config import QuantConfig
-    from ptsq.data.images import CalibrationImages
-    from ptsq.data.tensors import CalibrationTensors, is_tensor_file
-    from ptsq.errors import ConfigError
+    from ptsq.data.inputs import mode_data
     from ptsq.models import load_model
 
-    out = Output(json_mode=json_out, quiet=quiet)
-    if num_calib < 1 or batch_size < 1:
-        raise ConfigError("--num-calib and --batch-size must be at least 1", "e.g. --num-calib 300 --batch-size 32")
-    config = QuantConfig(
-        engine=engine, backend=backend, skip=tuple(skip or ()), per_channel=not per_tensor, strict=strict, seed=seed,
-        speed_guard=speed_guard, mode=mode,
-    )  # fmt: skip
-    config = acc.build_config(config, config_file, observer, cleanup, no_cleanup)
-    acc.check_budget(max_drop, min_agreement, min_sqnr, eval_data)
-    if mode == "static" and not calib:
-        raise ConfigError("--mode static needs calibration data (--calib)", "pass --calib DIR, or use --mode dynamic")
-    target = artifact.check_output_path(output, force)
-    t0 = time.perf_counter()
-    loaded = load_model(model, weights=weights, trust_pickle=trust_pickle)
-    pre = o.resolve_preprocess(loaded.preprocess, preset_name, input_size, mean, std, scale, channels, crop_pct)
-    from ptsq.cli import _modes
+    out = Output(json_mode=p["json_out"], quiet=p["quiet"])
+    config = cfg.build_config(ctx, p)
+    budget = acc.budget_requested(p["max_drop"], p["min_agreement"], p["min_sqnr"])
+    acc.check_budget(p["max_drop"], p["min_agreement"], p["min_sqnr"], p["eval_data"])
+    if config.mode == "static" and not p["calib"]:
+        from ptsq.errors import ConfigError
 
-    advice = _modes.advice_for(loaded.model, pre, mode)
+        raise ConfigError("--mode static needs calibration data (--calib)", "pass --calib DIR, or use --mode dynamic")
+    target = artifact.check_output_path(p["output"], p["force"])
+    t0 = time.perf_counter()
+    loaded = load_model(p["model"], weights=p["weights"], trust_pickle=p["trust_pickle"])
+    pre = o.preprocess_from(loaded.preprocess, p)
+    advice = _advice(loaded.model, pre, config.mode)
     if advice:
         out.warn(advice)
-    if mode != "static":
-        qm = _modes.run(mode, loaded.model, pre, config, out, calib=calib, num_calib=num_calib,
-                        batch_size=batch_size, seed=seed, max_images=max_images, train_data=train_data,
-                        epochs=epochs, lr=lr, min_cosine=min_cosine)  # fmt: skip
-    else:
-        assert calib is not None
-        images: CalibrationImages | CalibrationTensors
-        if is_tensor_file(calib):  # already-preprocessed inputs; record the preprocessing only if it fits them
-            images = CalibrationTensors(calib, num=num_calib, batch_size=batch_size, seed=seed)
-            pre = pre if images.sample_shape == tuple(pre.input_shape()[1:]) else None
+    source = p["train_data"] if config.mode == "qat" else p["calib"]
+    data = mode_data(loaded.model, source, pre, config, max_images=p["max_images"])
+    if config.mode == "static":
+        out.info(f"quantizing {p['model']} with calibration data from {p['calib']}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if budget and config.mode == "static":
+            qm = acc.run_budget(loaded.model, data.data, config, data.preprocess, out, max_drop=p["max_drop"],
+                                min_agreement=p["min_agreement"], min_sqnr=p["min_sqnr"], eval_data=p["eval_data"],
+                                batch_size=config.calibration.batch_size, max_images=p["max_images"])  # fmt: skip
         else:
-            images = CalibrationImages(
-                calib, pre, num=num_calib, batch_size=batch_size, seed=seed, max_images=max_images
-            )
-        out.info(f"quantizing {model} with calibration data from {calib}")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            if acc.budget_requested(max_drop, min_agreement, min_sqnr):
-                qm = acc.run_budget(loaded.model, images, config, pre, out, max_drop=max_drop,
-                                    min_agreement=min_agreement, min_sqnr=min_sqnr, eval_data=eval_data,
-                                    batch_size=batch_size, max_images=max_images)  # fmt: skip
-            else:
-                qm = quantize(loaded.model, images, config=config, progress=out.progress, preprocess=pre)
-        skipped = images.skipped_warning()
-        if skipped:
-            out.warn(skipped)
-        for w in caught:
-            if w.category.__name__ == "QuantizationWarning":
-                out.warn(str(w.message))
-        qm.manifest["calibration"].update(images.summary())
-    qm.manifest["model"] = {"spec": model, "weights_sha256": loaded.weights_sha256}
-    qm.save(target, force=force)
+            qm = quantize(loaded.model, data.data, config, example_inputs=data.example, progress=out.progress,
+                          preprocess=data.preprocess, source=data.source, log=out.info)  # fmt: skip
+    if data.calibration is not None:
+        if warned := data.calibration.skipped_warning():
+            out.warn(warned)
+        if config.mode == "static":
+            qm.manifest["calibration"].update(data.calibration.summary())
+    for w in caught:
+        if w.category.__name__ == "QuantizationWarning":
+            out.warn(str(w.message))
+    qm.manifest["model"] = {"spec": p["model"], "weights_sha256": loaded.weights_sha256}
+    if p["save_config"]:
+        cfg.save_config(config, p["save_config"])
+    qm.save(target, force=p["force"])
+    out.result(_summary(qm, loaded.model, target, config.mode, time.perf_counter() - t0), render)
+
+
+def _advice(model: Any, pre: Any, mode: str) -> str | None:
+    from ptsq.data.inputs import example_for
+    from ptsq.modes.advice import advise
+
+    try:
+        example = example_for(model, pre)
+    except Exception:  # advice is best effort
+        return None
+    return advise(model, example, mode)
+
+
+def _summary(qm: Any, fp32: Any, target: Any, mode: str, seconds: float) -> dict[str, Any]:
+    import torch
+
     buf = io.BytesIO()
-    torch.save(loaded.model.state_dict(), buf)
+    torch.save(fp32.state_dict(), buf)
     data: dict[str, Any] = {
         "output": str(target),
         "mode": mode,
@@ -181,10 +184,10 @@ def quantize_cmd(
         **qm.summary(),
         **({"budget": qm.manifest["budget"]} if "budget" in qm.manifest else {}),
         "fp32_bytes": buf.tell(),
-        "seconds": round(time.perf_counter() - t0, 2),
+        "seconds": round(seconds, 2),
     }
     data["size_ratio"] = round(data["fp32_bytes"] / max(1, data["int8_bytes"]), 2)
-    out.result(data, render)
+    return data
 
 
 def render(console: Console, d: dict[str, Any]) -> None:
@@ -249,4 +252,4 @@ def render_auto(console: Console, a: dict[str, Any]) -> None:
 def register(app: typer.Typer) -> None:
     app.command(
         "quantize", help=f"Quantize a model to int8 (engines {', '.join(available_engines())} or auto).\n" + EXAMPLES
-    )(guarded(quantize_cmd))
+    )(guarded(o.with_preprocess_options(quantize_cmd)))

@@ -18,7 +18,6 @@ Choices worth knowing:
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import re
 import threading
@@ -33,6 +32,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ptsq.data.preprocess import Preprocess
+from ptsq.data.source import CalibrationSource
 from ptsq.errors import ConfigError, DataError, ImageDecodeError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -364,7 +364,7 @@ class ImageFolder(torch.utils.data.Dataset):
         return decode_image(self.paths[index], self.pre)
 
 
-class CalibrationImages:
+class CalibrationImages(CalibrationSource):
     """Batches ``(B, C, H, W)`` from a seeded random subset of a folder, decoded lazily.
 
     Only one batch is in memory at a time. Each image's place in the subset comes from a hash of
@@ -404,9 +404,6 @@ class CalibrationImages:
         """Images in the chosen subset (an upper bound: unreadable ones are skipped)."""
         return len(self.paths)
 
-    def __len__(self) -> int:
-        return math.ceil(len(self.paths) / self.batch_size)
-
     def __iter__(self) -> Iterator[torch.Tensor]:
         self.skipped = []
         self.used = 0
@@ -444,18 +441,6 @@ class CalibrationImages:
             return path.relative_to(self.root).as_posix()
         except ValueError:
             return str(path)
-
-    def summary(self) -> dict[str, object]:
-        """Counts for reports; ``used`` and ``skipped`` describe the latest iteration."""
-        return {
-            "source": self.source,
-            "requested": self.num,
-            "found": self.found,
-            "used": self.used,
-            "skipped": len(self.skipped),
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-        }
 
     def skipped_warning(self) -> str | None:
         """One line naming the skipped files (the first few) and their count, or None."""

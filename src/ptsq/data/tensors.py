@@ -18,7 +18,6 @@ file order; iterating again yields the same batches.
 
 from __future__ import annotations
 
-import math
 import pickle
 import zipfile
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from ptsq.data.images import check_sampling
+from ptsq.data.source import CalibrationSource
 from ptsq.errors import DataError, UnsafeFileError, first_line
 
 TENSOR_EXTENSIONS = (".pt", ".pth", ".npy", ".npz")
@@ -61,7 +61,7 @@ def _row(part: Part, r: int) -> torch.Tensor:
     return part[r].to(torch.float32)
 
 
-class CalibrationTensors:
+class CalibrationTensors(CalibrationSource):
     """Batches ``(B, C, H, W)`` from a seeded subset of the samples in a tensor file.
 
     Same interface as :class:`ptsq.data.CalibrationImages` (``expected_images``, ``summary()``,
@@ -97,6 +97,7 @@ class CalibrationTensors:
             chosen = sorted(torch.randperm(self.found, generator=gen)[:num].tolist())
         self._index = [(index[i], i) for i in chosen]
         self.used = 0
+        self.skipped: list[tuple[Any, str]] = []  # tensor files have no unreadable samples
 
     # ------------------------------------------------------------------ reading the file
 
@@ -222,9 +223,6 @@ class CalibrationTensors:
     def expected_images(self) -> int:
         return len(self._index)
 
-    def __len__(self) -> int:
-        return math.ceil(len(self._index) / self.batch_size)
-
     def __iter__(self) -> Iterator[torch.Tensor]:
         self.used = 0
         for start in range(0, len(self._index), self.batch_size):
@@ -242,21 +240,6 @@ class CalibrationTensors:
             if self.progress is not None:
                 self.progress(self.used)
             yield batch
-
-    def summary(self) -> dict[str, object]:
-        """Counts for reports, in the same keys as CalibrationImages.summary()."""
-        return {
-            "source": self.source,
-            "requested": self.num,
-            "found": self.found,
-            "used": self.used,
-            "skipped": 0,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-        }
-
-    def skipped_warning(self) -> str | None:
-        return None
 
 
 __all__ = ["TENSOR_EXTENSIONS", "CalibrationTensors", "is_tensor_file"]

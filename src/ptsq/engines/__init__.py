@@ -29,7 +29,10 @@ _REQUIRES = {"pt2e": ("torchao",), "onnx": ("onnx", "onnxruntime"), "openvino": 
 
 def register(name: str) -> Callable[[type], type]:
     def deco(cls: type) -> type:
+        from ptsq.config import add_engine
+
         _REGISTRY[name] = cls()
+        add_engine(name)
         return cls
 
     return deco

@@ -69,39 +69,3 @@ class Engine(Protocol):
         ...
 
     def can_load(self, path: Path) -> bool: ...
-
-
-def engine_option(config: QuantConfig, key: str, choices: tuple[str, ...]) -> str:
-    """An engine option from ``config.extra`` (default: the first choice); unknown values are an error."""
-    from ptsq.errors import ConfigError
-
-    value = str(config.extra.get(key, choices[0])).lower()
-    if value not in choices:
-        raise ConfigError(f"{key} {value!r} is unknown", f"choose one of: {', '.join(choices)}")
-    return value
-
-
-def to_numpy(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Tensors (and array-likes) as numpy arrays, for runtimes outside torch."""
-    import numpy as np
-
-    return tuple(a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a) for a in args)
-
-
-def has_vnni() -> bool:
-    """Whether this CPU has VNNI (u8 x s8 dot products without 16-bit saturation)."""
-    from ptsq.bench import _cpu_flags
-
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
-
-
-def reduce_range_option(config: QuantConfig, key: str, applies: bool = True) -> bool:
-    """A 7-bit ``reduce_range`` switch (auto/on/off): auto = on where it ``applies`` and the CPU lacks VNNI,
-    whose absence makes u8 x s8 kernels add pairs of products in saturating 16 bits."""
-    choice = engine_option(config, key, ("auto", "on", "off"))
-    return (applies and not has_vnni()) if choice == "auto" else choice == "on"
-
-
-def skip_reason(name: str, skipped: dict[str, str]) -> str | None:
-    """Why layer ``name`` is kept fp32 when it is, or lies inside, a layer the skip rules named."""
-    return next((r for k, r in skipped.items() if name == k or name.startswith(k + ".")), None)

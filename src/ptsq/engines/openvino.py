@@ -10,13 +10,10 @@ artifact is one zip file holding the IR (``model.xml`` + ``model.bin``) and the 
 returns a module that takes and returns torch tensors and runs on ``torch.get_num_threads()`` threads
 unless told otherwise.
 
-Engine options (``QuantConfig(extra=...)``): ``openvino_preset`` ``"performance"`` (default: symmetric
-activations and weights) or ``"mixed"`` (asymmetric activations); ``openvino_bias_correction``
-``"fast"`` (default), ``"accurate"`` or ``"off"``; ``openvino_model_type`` ``"cnn"`` (default) or
-``"transformer"`` (NNCF's transformer scheme: SmoothQuant, fewer quantized ops); ``openvino_overflow_fix``
-``"auto"`` (default: 7-bit weights in every layer on CPUs without VNNI, first layer only with it),
-``"first_layer"``, ``"all"`` or ``"off"``; ``openvino_depthwise`` ``"fp32"`` (default: depthwise convs
-stay fp32, the precision map says so) or ``"int8"``.
+Engine options (``QuantConfig(openvino=OpenVinoOptions(...))``, documented in ``ptsq.config``):
+``preset``, ``bias_correction``, ``model_type``, ``overflow_fix`` (``"auto"``: 7-bit weights in every layer
+on CPUs without VNNI, first layer only with it) and ``depthwise`` (``"fp32"`` by default: depthwise convs
+stay fp32 and the precision map says so).
 
 EfficientNet-Lite0 here (AVX2, no VNNI), SQNR vs fp32 on the 20 ImageNet photos (FX engine: 16.0 dB):
 depthwise fp32 17.8 dB (mixed preset 17.9, accurate bias correction 18.0, overflow fix first_layer 11.9:
@@ -46,21 +43,18 @@ from torch import nn
 
 from ptsq.config import QuantConfig
 from ptsq.engines import register
-from ptsq.engines.base import EngineResult, LayerPrecision, engine_option, has_vnni, skip_reason, to_numpy
+from ptsq.engines.base import EngineResult, LayerPrecision
+from ptsq.engines.common import skip_reason, skip_targets, to_numpy
 from ptsq.errors import QuantizationError, TraceError, first_line
+from ptsq.machine import has_vnni
 
 # entries of the artifact zip; the manifest name doubles as the format marker can_load looks for
 MANIFEST_ENTRY = "ptsq_openvino/manifest.json"
 XML_ENTRY = "ptsq_openvino/model.xml"
 BIN_ENTRY = "ptsq_openvino/model.bin"
 
-PRESETS = ("performance", "mixed")
-BIAS_CORRECTION = ("fast", "accurate", "off")
-MODEL_TYPES = ("cnn", "transformer")
-OVERFLOW_FIX = ("auto", "first_layer", "all", "off")  # NNCF: 7-bit weights where u8 x s8 saturates (no VNNI)
-DEPTHWISE = ("fp32", "int8")
 DEPTHWISE_REASON = (
-    "depthwise conv kept in fp32 (openvino_depthwise='fp32'): its few taps do not average out the int8 noise "
+    "depthwise conv kept in fp32 (openvino.depthwise='fp32'): its few taps do not average out the int8 noise "
     "of its input (EfficientNet-Lite0: 11.5 dB SQNR with int8 depthwise convs, 17.8 dB without)"
 )
 
@@ -73,7 +67,7 @@ _MODULE = re.compile(r"__module\.([^/]+)/")
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def _silence_nncf() -> Iterator[None]:
     """NNCF draws progress bars and logs advice; ptsq reports through its own notes."""
     logging.disable(logging.WARNING)
     try:
@@ -231,6 +225,39 @@ def _serialize(ov_model: Any) -> tuple[bytes, bytes]:
         return xml.read_bytes(), xml.with_suffix(".bin").read_bytes()
 
 
+def _nncf_quantize(fp32: Any, batches: list[Any], config: QuantConfig, overflow: str, ignored: list[str]) -> Any:
+    """NNCF's post-training quantization of the OpenVINO model on ptsq's calibration batches."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+
+    opts = config.openvino
+    advanced = AdvancedQuantizationParameters(
+        overflow_fix={
+            "first_layer": nncf.OverflowFix.FIRST_LAYER,
+            "all": nncf.OverflowFix.ENABLE,
+            "off": nncf.OverflowFix.DISABLE,
+        }[overflow],
+        disable_bias_correction=opts.bias_correction == "off",
+        weights_quantization_params=None if config.per_channel else QuantizationParameters(per_channel=False),
+    )
+    try:
+        with _silence_nncf():
+            return nncf.quantize(
+                fp32,
+                nncf.Dataset(batches, lambda b: b[0] if len(b) == 1 else list(b)),
+                preset=nncf.QuantizationPreset.PERFORMANCE
+                if opts.preset == "performance"
+                else nncf.QuantizationPreset.MIXED,
+                subset_size=max(1, len(batches)),  # NNCF counts dataset items, here batches
+                fast_bias_correction=opts.bias_correction != "accurate",
+                model_type=nncf.ModelType.TRANSFORMER if opts.model_type == "transformer" else None,
+                ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None,
+                advanced_parameters=advanced,
+            )
+    except Exception as exc:
+        raise QuantizationError(f"nncf.quantize failed: {first_line(exc)}", "try --engine onnx or --engine fx") from exc
+
+
 @register("openvino")
 class OpenVinoEngine:
     name = "openvino"
@@ -246,18 +273,13 @@ class OpenVinoEngine:
     ) -> EngineResult:
         import nncf
         import openvino as ov
-        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
-        from ptsq.engines.fx import _skip_targets
-
-        preset = engine_option(config, "openvino_preset", PRESETS)
-        bias = engine_option(config, "openvino_bias_correction", BIAS_CORRECTION)
-        model_type = engine_option(config, "openvino_model_type", MODEL_TYPES)
-        depthwise = engine_option(config, "openvino_depthwise", DEPTHWISE)
+        opts = config.openvino
+        preset, bias, model_type, depthwise = opts.preset, opts.bias_correction, opts.model_type, opts.depthwise
         work = copy.deepcopy(model).eval()
-        skipped = _skip_targets(work, config)
+        skipped = skip_targets(work, config)
         try:
-            with _quiet():
+            with _silence_nncf():
                 fp32 = ov.convert_model(work, example_input=example_args)
         except Exception as exc:  # the converter raises many types
             raise TraceError(
@@ -268,47 +290,17 @@ class OpenVinoEngine:
 
         batches: list[tuple[np.ndarray, ...]] = []
         calibrate(lambda *a: batches.append(to_numpy(a)))
-        data = nncf.Dataset(batches, lambda b: b[0] if len(b) == 1 else list(b))
-        overflow = engine_option(config, "openvino_overflow_fix", OVERFLOW_FIX)
+        overflow = opts.overflow_fix
         if overflow == "auto":  # without VNNI the CPU plugin's u8 x s8 kernels saturate in 16 bits
             overflow = "first_layer" if has_vnni() else "all"
-        advanced = AdvancedQuantizationParameters(
-            overflow_fix={
-                "first_layer": nncf.OverflowFix.FIRST_LAYER,
-                "all": nncf.OverflowFix.ENABLE,
-                "off": nncf.OverflowFix.DISABLE,
-            }[overflow],
-            disable_bias_correction=bias == "off",
-            weights_quantization_params=None if config.per_channel else QuantizationParameters(per_channel=False),
-        )
         ignored = _ignored(names, skipped)
         kept = {} if depthwise == "int8" else {n: DEPTHWISE_REASON for n in _depthwise(fp32) if n not in ignored}
-        ignored += list(kept)
-        try:
-            with _quiet():
-                int8 = nncf.quantize(
-                    fp32,
-                    data,
-                    preset=nncf.QuantizationPreset.PERFORMANCE
-                    if preset == "performance"
-                    else nncf.QuantizationPreset.MIXED,
-                    subset_size=max(1, len(batches)),  # NNCF counts dataset items, here batches
-                    fast_bias_correction=bias != "accurate",
-                    model_type=nncf.ModelType.TRANSFORMER if model_type == "transformer" else None,
-                    ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None,
-                    advanced_parameters=advanced,
-                )
-        except Exception as exc:
-            raise QuantizationError(
-                f"nncf.quantize failed: {first_line(exc)}", "try --engine onnx or --engine fx"
-            ) from exc
+        int8 = _nncf_quantize(fp32, batches, config, overflow, ignored + list(kept))
         xml, weights = _serialize(int8)
         module = OpenVinoModule(xml, weights).eval()
         notes = [f"'{n}' {r}" for n, r in skipped.items()]
         if kept:
-            notes.append(
-                f"{len(kept)} depthwise convs kept in fp32 (more accurate); openvino_depthwise='int8' quantizes them"
-            )
+            notes.append(f"{len(kept)} depthwise convs kept in fp32 (more accurate); depthwise='int8' quantizes them")
         details = {
             "preset": preset,
             "bias_correction": bias,

@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import time
-import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Callable
@@ -33,7 +32,9 @@ from torch import fx, nn
 from ptsq.algorithms.bias_correction import ChannelMeans, bias_shift, fake_quantize
 from ptsq.config import QuantConfig
 from ptsq.engines import register
-from ptsq.engines.base import EngineResult, LayerPrecision, reduce_range_option, skip_reason
+from ptsq.engines.base import EngineResult, LayerPrecision
+from ptsq.engines.common import quiet, skip_reason, skip_targets
+from ptsq.engines.common import reduce_range as reduce_range_choice
 from ptsq.errors import QuantizationError, TraceError, first_line
 
 MANIFEST_NAME = "ptsq_manifest.json"
@@ -128,15 +129,6 @@ def cache_dir() -> Path:
     from ptsq.cache import cache_root
 
     return cache_root() / "inductor"
-
-
-def _quiet() -> warnings.catch_warnings:
-    ctx = warnings.catch_warnings()
-    ctx.__enter__()
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    return ctx
 
 
 def _batch2(args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -284,13 +276,10 @@ class CompiledProgram(nn.Module):
         inductor_config.freezing = True  # int8 is only fast with constant weights folded in
         inductor_config.fx_graph_cache = True
         t0 = time.perf_counter()
-        ctx = _quiet()
-        try:
+        with quiet(all_user_warnings=True):
             self.compiled = torch.compile(self.program, dynamic=False)
             with torch.no_grad():
                 self.compiled(*args)
-        finally:
-            ctx.__exit__(None, None, None)
         self.compile_seconds = round(time.perf_counter() - t0, 2)
         if self._record is not None:
             self._record.setdefault("compile_seconds", self.compile_seconds)
@@ -313,7 +302,7 @@ def reduce_range(config: QuantConfig) -> bool:
     Without VNNI oneDNN multiplies u8 x s8 pairs into saturating int16; 7-bit activations keep the sum
     in range. The reference (eager) kernels do not saturate, so only the compiled program shows it.
     """
-    return reduce_range_option(config, "pt2e_reduce_range")
+    return reduce_range_choice(config.pt2e.reduce_range)
 
 
 def _quantizer(config: QuantConfig, skipped: dict[str, str]) -> Any:
@@ -346,15 +335,12 @@ class Pt2eEngine:
         from torchao.quantization.pt2e import allow_exported_model_train_eval
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        from ptsq.engines.fx import _skip_targets
-
         work = copy.deepcopy(model).eval()
-        skipped = _skip_targets(work, config)
+        skipped = skip_targets(work, config)
         notes = [f"'{n}' {r}" for n, r in skipped.items()]
         if not config.per_channel:
             notes.append("the x86 inductor quantizer has per-channel weights only; --per-tensor ignored")
-        ctx = _quiet()
-        try:
+        with quiet(all_user_warnings=True):
             ep, mode = capture(work, example_args)
             if mode == "non-strict":
                 notes.append("strict torch.export failed; captured with non-strict export")
@@ -379,8 +365,6 @@ class Pt2eEngine:
                 raise QuantizationError(
                     f"convert_pt2e failed: {first_line(exc)}", "keep the failing layer in fp32 with --skip"
                 ) from exc
-        finally:
-            ctx.__exit__(None, None, None)
         rows = precision_map(converted, skipped)
         converted = allow_exported_model_train_eval(converted)
         details: dict[str, Any] = {
@@ -390,15 +374,14 @@ class Pt2eEngine:
             "runtime": "inductor (freezing)",
         }
         module: nn.Module = converted
-        if config.extra.get("pt2e_compile", True):
+        if config.pt2e.compile:
             # the self-check then runs (and times the compile of) what users will run
             module = CompiledProgram(converted, record=details).eval()
         return EngineResult(module=module, precision=rows, notes=notes, details=details, debug={"observed": observed})
 
     def save(self, result: EngineResult, path: Path, manifest_json: str, example_args: tuple[Any, ...]) -> nn.Module:
         args = _batch2(example_args)
-        ctx = _quiet()
-        try:
+        with quiet(all_user_warnings=True):
             module = result.module.program if isinstance(result.module, CompiledProgram) else result.module
             try:
                 ep = torch.export.export(module, args, dynamic_shapes=_dynamic(args), strict=False)
@@ -408,8 +391,6 @@ class Pt2eEngine:
                 ) from exc
             buf = io.BytesIO()
             torch.export.save(ep, buf, extra_files={MANIFEST_NAME: manifest_json})
-        finally:
-            ctx.__exit__(None, None, None)
         Path(path).write_bytes(buf.getvalue())
         return result.module
 
@@ -420,10 +401,7 @@ class Pt2eEngine:
         _import_torchao()  # registers the quantized_decomposed ops the program calls
 
         files = {MANIFEST_NAME: ""}
-        ctx = _quiet()
-        try:
+        with quiet(all_user_warnings=True):
             ep = torch.export.load(io.BytesIO(Path(path).read_bytes()), extra_files=files)
             program = ep.module()
-        finally:
-            ctx.__exit__(None, None, None)
         return CompiledProgram(program).eval(), files[MANIFEST_NAME]

@@ -1,4 +1,5 @@
-"""Quantization modes beside static PTQ: dynamic (``dynamic.py``) and advice on which mode fits (``advice.py``).
-
-Quantization-aware training lives in :mod:`ptsq.qat`.
+"""Quantization modes, one pipeline each: ``static`` (calibrated PTQ), ``dynamic`` (int8 weights, activation
+ranges at run time) and ``qat`` (fine-tuning with fake quantization); ``check`` is the self-check against fp32
+they share, ``advice`` says when a mode does not fit a model. :func:`ptsq.quantize` dispatches on
+``QuantConfig.mode``.
 """

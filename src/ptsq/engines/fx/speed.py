@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ptsq.cache import read_json, write_json
+from ptsq.machine import machine_info
 
 _TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
@@ -89,8 +90,6 @@ STORE = "speed_guard.json"
 
 @functools.cache
 def _cpu() -> str:
-    from ptsq.bench import machine_info
-
     m = machine_info()  # reads /proc/cpuinfo: once per process, not once per layer
     return f"{m['cpu']} | {' '.join(m['isa'])} | torch {m['torch']}"
 

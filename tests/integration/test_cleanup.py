@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import ptsq
+from ptsq.algorithms.cleanup import GRAPH_STEPS, cleanup
 from ptsq.config import QuantConfig
-from ptsq.engines.fx_cleanup import GRAPH_STEPS, cleanup
 from tests.models import randomize_bn
 
 

@@ -7,12 +7,12 @@ activations (S8S8) leave most convolutions in fp32 on AVX2 machines and are slow
 an ``.onnx`` file with the ptsq manifest in its ``metadata_props``; loading returns a module that runs
 it with onnxruntime and takes and returns torch tensors.
 
-Engine options (``QuantConfig(extra=...)``): ``onnx_format`` ``"qdq"`` (default) or ``"qoperator"``;
-``onnx_calibration`` ``"minmax"`` (default), ``"entropy"`` or ``"percentile"``; ``onnx_activations``
-``"uint8"`` (default) or ``"int8"``; ``onnx_exporter`` ``"dynamo"`` (default) or ``"torchscript"``;
-``onnx_weights`` ``"int8"`` (default) or ``"uint8"`` (never saturates, but 7x slower on Lite0 here);
-``onnx_reduce_range`` ``"auto"`` (default: on for int8 weights when the CPU lacks VNNI), ``"on"`` or ``"off"``;
-``onnx_saturation`` (how weights avoid saturation when reduce_range is on) ``"pairs"`` (default) or
+Engine options (``QuantConfig(onnx=OnnxOptions(...))``): ``format`` ``"qdq"`` (default) or ``"qoperator"``;
+``calibration`` ``"minmax"`` (default), ``"entropy"`` or ``"percentile"``; ``activations``
+``"uint8"`` (default) or ``"int8"``; ``exporter`` ``"dynamo"`` (default) or ``"torchscript"``;
+``weights`` ``"int8"`` (default) or ``"uint8"`` (never saturates, but 7x slower on Lite0 here);
+``reduce_range`` ``"auto"`` (default: on for int8 weights when the CPU lacks VNNI), ``"on"`` or ``"off"``;
+``saturation`` (how weights avoid saturation when reduce_range is on) ``"pairs"`` (default) or
 ``"reduce-range"`` (the earlier behaviour: 7-bit weights on every non-depthwise conv and linear).
 
 Without VNNI, onnxruntime's u8 x s8 kernels (vpmaddubsw) add pairs of products in 16 bits and
@@ -36,11 +36,9 @@ depthwise convs fp32, 16.4 dB with the 9 it keeps since; it also corrects biases
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import copy
 import io
-import logging
 import os
 import re
 import tempfile
@@ -50,28 +48,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
+from ptsq.algorithms.cleanup import GRAPH_STEPS, cleanup
 from ptsq.config import QuantConfig
 from ptsq.engines import register
-from ptsq.engines.base import (
-    EngineResult,
-    LayerPrecision,
-    engine_option,
-    reduce_range_option,
-    skip_reason,
-    to_numpy,
-)
-from ptsq.errors import QuantizationError, TraceError, first_line
-
-MANIFEST_KEY = "ptsq_manifest"
-OPSET = 18
-FORMATS = ("qdq", "qoperator")
-METHODS = ("minmax", "entropy", "percentile")
-ACTIVATIONS = ("uint8", "int8")
-EXPORTERS = ("dynamo", "torchscript")
-SATURATION = ("pairs", "reduce-range")
+from ptsq.engines.base import EngineResult, LayerPrecision
+from ptsq.engines.common import reduce_range, skip_reason, skip_targets, to_numpy
+from ptsq.engines.onnx.export import MANIFEST_KEY, OrtModule, excluded_nodes, export_fp32, no_logging, node_module
+from ptsq.errors import QuantizationError, first_line
 
 _WEIGHTED = {"Conv", "Gemm", "MatMul", "ConvTranspose"}
 _COMPUTE = _WEIGHTED | {
@@ -79,94 +64,6 @@ _COMPUTE = _WEIGHTED | {
     "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Concat", "Softmax", "Gelu",
     "LayerNormalization", "BatchNormalization", "Resize", "Sub", "Div", "Erf",
 }  # fmt: skip
-
-
-def _batch2(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(torch.cat([a[:1], a[:1]]) if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args)
-
-
-def unsupported_operator(text: str) -> str | None:
-    """The operator an exporter error complains about (``aten::foo``, ``aten.foo.default``…), if named."""
-    m = re.search(r"No ONNX function found for <OpOverload\(op='([\w.]+)', overload='(\w+)'", text)
-    if m:
-        return f"{m.group(1)}.{m.group(2)}"
-    for pat in (
-        r"unrecognized namespace ([\w:.]+)",
-        r"Unsupported FX nodes: \{'call_function': \['([\w.:]+)'",
-        r"[Uu]nsupported[^\n]*?((?:aten|prims|torch\.ops\.\w+)[.:]+[\w.]+)",
-        r"((?:aten|prims)::\w+)",
-        r"(aten\.\w+(?:\.\w+)?)",
-        r"operator[^\n]*?'([\w:.]+)'",
-    ):
-        m = re.search(pat, text)
-        if m:
-            return m.group(1)
-    return None
-
-
-def _export_dynamo(model: nn.Module, args: tuple[Any, ...], names: list[str], all_dims: bool = False) -> bytes:
-    def spec(a: Any) -> dict[int, Any] | None:
-        if not isinstance(a, torch.Tensor) or a.dim() == 0:
-            return None
-        return {i: torch.export.Dim.AUTO for i in range(a.dim() if all_dims else 1)}
-
-    dims = tuple(spec(a) for a in args)
-    with contextlib.redirect_stdout(io.StringIO()):
-        program = torch.onnx.export(
-            model, args, dynamo=True, dynamic_shapes=dims, input_names=names, opset_version=OPSET, verbose=False
-        )
-    return program.model_proto.SerializeToString()
-
-
-def _export_torchscript(model: nn.Module, args: tuple[Any, ...], names: list[str], all_dims: bool = False) -> bytes:
-    buf = io.BytesIO()
-    axes = {
-        n: ({i: f"{n}_dim{i}" for i in range(a.dim())} if all_dims else {0: "batch"})
-        for n, a in zip(names, args)
-        if isinstance(a, torch.Tensor) and a.dim() > 0
-    }
-    torch.onnx.export(
-        model, args, buf, dynamo=False, input_names=names, dynamic_axes=axes, opset_version=17, verbose=False
-    )
-    return buf.getvalue()
-
-
-def export_fp32(
-    model: nn.Module, example_args: tuple[Any, ...], exporter: str = "dynamo", *, all_dims: bool = False
-) -> tuple[bytes, str]:
-    """Export ``model`` to ONNX bytes with a dynamic batch axis (``all_dims``: every axis dynamic,
-    e.g. sequence length); returns (bytes, exporter used)."""
-    args = _batch2(example_args)
-    names = [f"input_{i}" for i in range(len(args))]
-    order = [exporter] + [e for e in EXPORTERS if e != exporter]
-    errors: list[str] = []
-    ctx = warnings.catch_warnings()
-    with ctx:
-        warnings.simplefilter("ignore")
-        for name in order:
-            try:
-                fn = _export_dynamo if name == "dynamo" else _export_torchscript
-                return fn(model, args, names, all_dims), name
-            except Exception as exc:  # exporter errors come in many types
-                errors.append(f"{exc}")
-    op = next((o for o in map(unsupported_operator, errors) if o), None)
-    plain = re.sub(r"\x1b\[[0-9;]*m", "", errors[0])
-    what = f"operator {op} is not supported by the ONNX exporter" if op else first_line(RuntimeError(plain))
-    raise TraceError(f"ONNX export failed: {what}", "try --engine fx or --engine pt2e, or keep the op out of forward")
-
-
-def node_module(node: Any) -> str:
-    """The qualified name of the torch module an ONNX node came from ('' if unknown)."""
-    for p in node.metadata_props:
-        if p.key == "pkg.torch.onnx.name_scopes":
-            try:
-                scopes = ast.literal_eval(p.value)
-            except (ValueError, SyntaxError):
-                break
-            scopes = [s for s in scopes if s]  # [..., module, op name]
-            return str(scopes[-2]) if len(scopes) >= 2 else ""
-    parts = [p for p in node.name.split("/") if p]  # TorchScript exporter: /features/features.0/Conv
-    return parts[-2] if len(parts) >= 2 else ""
 
 
 def precision_map(model: Any, skipped: dict[str, str]) -> list[LayerPrecision]:
@@ -206,50 +103,6 @@ def precision_map(model: Any, skipped: dict[str, str]) -> list[LayerPrecision]:
     return rows
 
 
-class OrtModule(nn.Module):
-    """Runs an ONNX model with onnxruntime; takes and returns torch tensors.
-
-    ``threads`` sets onnxruntime's intra-op threads; ``None`` follows ``torch.get_num_threads()``
-    at call time (so ``ptsq bench --threads`` and ``torch.set_num_threads`` apply to it too).
-    """
-
-    def __init__(self, model_bytes: bytes, threads: int | None = None) -> None:
-        super().__init__()
-        self.model_bytes = model_bytes
-        self.threads = threads
-        self._session: Any = None
-        self._session_threads = 0
-
-    def session(self) -> Any:
-        import onnxruntime as ort
-
-        n = self.threads or torch.get_num_threads()
-        if self._session is None or n != self._session_threads:
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = n
-            opts.inter_op_num_threads = 1
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            opts.log_severity_level = 3
-            self._session = ort.InferenceSession(self.model_bytes, opts, providers=["CPUExecutionProvider"])
-            self._inputs = [i.name for i in self._session.get_inputs()]
-            self._session_threads = n
-        return self._session
-
-    def forward(self, *args: Any) -> Any:
-        sess = self.session()
-        feed = {
-            name: (a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a))
-            for name, a in zip(self._inputs, args)
-        }
-        outs = [torch.from_numpy(o) for o in sess.run(None, feed)]
-        return outs[0] if len(outs) == 1 else tuple(outs)
-
-    def __getstate__(self) -> dict[str, Any]:  # sessions do not pickle or deep-copy
-        state = self.__dict__.copy()
-        state["_session"] = None
-        return state
-
-
 class _Reader:
     """onnxruntime CalibrationDataReader over batches collected from ptsq's calibration stream."""
 
@@ -263,25 +116,6 @@ class _Reader:
 
     def rewind(self) -> None:
         self._it = iter(self.batches)
-
-
-@contextlib.contextmanager
-def _no_logging() -> Iterator[None]:
-    """onnxruntime's quantizer logs advice through the root logger; ptsq reports through its own notes."""
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
-
-
-def _excluded(model: Any, skipped: dict[str, str]) -> list[str]:
-    out = []
-    for n in model.graph.node:
-        mod = node_module(n)
-        if mod and skip_reason(mod, skipped) is not None:
-            out.append(n.name)
-    return out
 
 
 def _depthwise_weights(model: Any) -> list[str]:
@@ -342,12 +176,55 @@ def prepare_for_onnx(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, 
     EfficientNet-Lite0 here: 14.70 dB without, 15.01 dB with (equalization is the gain). Bias
     correction emulating onnxruntime's int8 weight rounding measured worse (14.75 dB), so it is not used.
     """
-    from ptsq.engines.fx_cleanup import GRAPH_STEPS, cleanup
-
     try:
         return cleanup(model, tuple(s for s in config.cleanup if s in GRAPH_STEPS))
     except Exception:  # untraceable by FX: export the model as it is
         return model, []
+
+
+def _quantize_static(fp32_bytes: bytes, batches: list[tuple[np.ndarray, ...]], skipped: dict[str, str],
+                     config: QuantConfig, narrow: bool) -> bytes:  # fmt: skip
+    """onnxruntime's quantize_static on the exported model, in a scratch folder; the int8 model's bytes."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    opts = config.onnx
+    fp32 = onnx.load_model_from_string(fp32_bytes)
+    names = [i.name for i in fp32.graph.input]
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="ptsq-onnx-") as d:
+        src, dst = Path(d) / "fp32.onnx", Path(d) / "int8.onnx"
+        src.write_bytes(fp32_bytes)
+        cwd = os.getcwd()
+        try:
+            os.chdir(d)  # the calibrator writes an augmented model next to the working directory
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), no_logging():
+                warnings.simplefilter("ignore")
+                extra: dict[str, Any] | None = None
+                if narrow:
+                    pick = _pair_safe_weights if opts.saturation == "pairs" else _full_range_depthwise
+                    extra = pick(fp32, config.per_channel)
+                quantize_static(
+                    str(src),
+                    str(dst),
+                    _Reader(batches, names),
+                    quant_format=QuantFormat.QDQ if opts.format == "qdq" else QuantFormat.QOperator,
+                    per_channel=config.per_channel,
+                    reduce_range=narrow,
+                    activation_type=QuantType.QUInt8 if opts.activations == "uint8" else QuantType.QInt8,
+                    weight_type=QuantType.QInt8 if opts.weights == "int8" else QuantType.QUInt8,
+                    calibrate_method=methods[opts.calibration],
+                    nodes_to_exclude=excluded_nodes(fp32, skipped),
+                    extra_options=extra,
+                )
+        except Exception as exc:
+            raise QuantizationError(
+                f"onnxruntime quantize_static failed: {first_line(exc)}", "try --engine fx or --engine pt2e"
+            ) from exc
+        finally:
+            os.chdir(cwd)
+        return dst.read_bytes()
 
 
 @register("onnx")
@@ -364,79 +241,31 @@ class OnnxEngine:
         backend: str,
     ) -> EngineResult:
         import onnx
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-        from ptsq.engines.fx import _skip_targets
-
-        fmt = engine_option(config, "onnx_format", FORMATS)
-        method = engine_option(config, "onnx_calibration", METHODS)
-        acts = engine_option(config, "onnx_activations", ACTIVATIONS)
-        exporter = engine_option(config, "onnx_exporter", EXPORTERS)
-        weights = engine_option(config, "onnx_weights", ("int8", "uint8"))
-        reduce_range = reduce_range_option(config, "onnx_reduce_range", applies=weights == "int8")
-        saturation = engine_option(config, "onnx_saturation", SATURATION)
+        opts = config.onnx
+        narrow = reduce_range(opts.reduce_range, applies=opts.weights == "int8")
         work = copy.deepcopy(model).eval()
-        skipped = _skip_targets(work, config)
+        skipped = skip_targets(work, config)
         notes = [f"'{n}' {r}" for n, r in skipped.items()]
         batches: list[tuple[np.ndarray, ...]] = []
         calibrate(lambda *a: batches.append(to_numpy(a)))
         if not skipped:  # skip rules name the original layers; clean-up may rename some
             work, cleaned = prepare_for_onnx(work, config)
             notes.extend(cleaned)
-        fp32_bytes, used = export_fp32(work, example_args, exporter)
-        if used != exporter:
-            notes.append(f"the {exporter} ONNX exporter failed; exported with the {used} exporter")
-        fp32 = onnx.load_model_from_string(fp32_bytes)
-        names = [i.name for i in fp32.graph.input]
-        methods = {
-            "minmax": CalibrationMethod.MinMax,
-            "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile,
-        }
-        with tempfile.TemporaryDirectory(prefix="ptsq-onnx-") as d:
-            src, dst = Path(d) / "fp32.onnx", Path(d) / "int8.onnx"
-            src.write_bytes(fp32_bytes)
-            cwd = os.getcwd()
-            try:
-                os.chdir(d)  # the calibrator writes an augmented model next to the working directory
-                with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _no_logging():
-                    warnings.simplefilter("ignore")
-                    excluded = _excluded(fp32, skipped)
-                    reader = _Reader(batches, names)
-                    extra: dict[str, Any] | None = None
-                    if reduce_range:
-                        pick = _pair_safe_weights if saturation == "pairs" else _full_range_depthwise
-                        extra = pick(fp32, config.per_channel)
-                    quantize_static(
-                        str(src),
-                        str(dst),
-                        reader,
-                        quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
-                        per_channel=config.per_channel,
-                        reduce_range=reduce_range,
-                        activation_type=QuantType.QUInt8 if acts == "uint8" else QuantType.QInt8,
-                        weight_type=QuantType.QInt8 if weights == "int8" else QuantType.QUInt8,
-                        calibrate_method=methods[method],
-                        nodes_to_exclude=excluded,
-                        extra_options=extra,
-                    )
-            except Exception as exc:
-                raise QuantizationError(
-                    f"onnxruntime quantize_static failed: {first_line(exc)}", "try --engine fx or --engine pt2e"
-                ) from exc
-            finally:
-                os.chdir(cwd)
-            int8_bytes = dst.read_bytes()
+        fp32_bytes, used = export_fp32(work, example_args, opts.exporter)
+        if used != opts.exporter:
+            notes.append(f"the {opts.exporter} ONNX exporter failed; exported with the {used} exporter")
+        int8_bytes = _quantize_static(fp32_bytes, batches, skipped, config, narrow)
         int8 = onnx.load_model_from_string(int8_bytes)
         details = {
             "exporter": used,
             "opset": max((o.version for o in int8.opset_import if o.domain in ("", "ai.onnx")), default=0),
-            "format": fmt,
-            "activations": acts,
-            "weights": f"{weights} per-channel" if config.per_channel else f"{weights} per-tensor",
-            "calibration_method": method,
-            "reduce_range": reduce_range,
-            "saturation": saturation if reduce_range else None,
+            "format": opts.format,
+            "activations": opts.activations,
+            "weights": f"{opts.weights} per-channel" if config.per_channel else f"{opts.weights} per-tensor",
+            "calibration_method": opts.calibration,
+            "reduce_range": narrow,
+            "saturation": opts.saturation if narrow else None,
             "runtime": "onnxruntime CPUExecutionProvider",
         }
         return EngineResult(

@@ -18,17 +18,18 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ptsq.engines.keep_float import KeepFloat
+from ptsq.algorithms.keep_float import KeepFloat
 from ptsq.errors import first_line
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
+_PTSQ_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STDLIB = sysconfig.get_paths()["stdlib"]
 # Library code a forward may call into: the failing line reported is the user's call, not theirs.
-_LIBRARIES = ("torch", "numpy", "scipy", "ptsq.engines", "typing_extensions")
+_LIBRARIES = ("torch", "numpy", "scipy", "ptsq", "typing_extensions")
 
 
 def _is_user_code(module: str, fname: str) -> bool:
-    if fname.startswith(_TORCH_DIR) or "ptsq" + os.sep + "engines" in fname or fname.startswith("<"):
+    if fname.startswith((_TORCH_DIR, _PTSQ_DIR)) or fname.startswith("<"):
         return False
     if module.split(".")[0] in _LIBRARIES or module.startswith(_LIBRARIES):
         return False

@@ -14,7 +14,7 @@ onnxruntime's defaults (per-tensor int8, full range) give mean embedding cosine 
 int8 0.9918; per-channel int8 with 7-bit ``reduce_range`` 0.9927 (u8 x s8 products no longer
 saturate the 16-bit adds of vpmaddubsw); per-channel uint8 weights 0.9941 but clearly slower (u8 x u8
 kernels). Per-tensor 7-bit weights are worse still (0.884). Hence: per-channel int8, ``reduce_range``
-on when the CPU lacks VNNI (``onnx_reduce_range`` "auto"), ``onnx_weights`` "uint8" for the last
+on when the CPU lacks VNNI (``OnnxOptions.reduce_range`` "auto"), ``OnnxOptions.weights`` "uint8" for the last
 bit of accuracy.
 """
 
@@ -31,8 +31,9 @@ from typing import Any
 from torch import nn
 
 from ptsq.config import QuantConfig
-from ptsq.engines.base import LayerPrecision, engine_option, reduce_range_option
-from ptsq.engines.onnx import EXPORTERS, OrtModule, _excluded, _no_logging, export_fp32, node_module
+from ptsq.engines.base import LayerPrecision
+from ptsq.engines.common import reduce_range
+from ptsq.engines.onnx.export import OrtModule, excluded_nodes, export_fp32, no_logging, node_module
 from ptsq.errors import QuantizationError, first_line
 
 # onnxruntime's dynamic quantizer has integer kernels for these. It has none for Gemm: see _gemm_to_matmul.
@@ -59,9 +60,8 @@ def quantize_onnx_dynamic(
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    exporter = engine_option(config, "onnx_exporter", EXPORTERS)
-    weights = engine_option(config, "onnx_weights", ("int8", "uint8"))
-    reduce_range = reduce_range_option(config, "onnx_reduce_range")
+    exporter, weights = config.onnx.exporter, config.onnx.weights
+    narrow = reduce_range(config.onnx.reduce_range)
     work = copy.deepcopy(model).eval()
     fp32_bytes, used = export_fp32(work, example, exporter, all_dims=True)
     notes = [] if used == exporter else [f"the {exporter} ONNX exporter failed; exported with the {used} exporter"]
@@ -70,16 +70,16 @@ def quantize_onnx_dynamic(
         src, dst = Path(d) / "fp32.onnx", Path(d) / "int8.onnx"
         src.write_bytes(fp32.SerializeToString())
         try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _no_logging():
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), no_logging():
                 warnings.simplefilter("ignore")
                 quantize_dynamic(
                     str(src),
                     str(dst),
                     op_types_to_quantize=list(OP_TYPES),
                     per_channel=config.per_channel,
-                    reduce_range=reduce_range,
+                    reduce_range=narrow,
                     weight_type=QuantType.QInt8 if weights == "int8" else QuantType.QUInt8,
-                    nodes_to_exclude=_excluded(fp32, fallback),
+                    nodes_to_exclude=excluded_nodes(fp32, fallback),
                 )
         except Exception as exc:
             raise QuantizationError(
@@ -98,7 +98,7 @@ def quantize_onnx_dynamic(
         "exporter": used,
         "weights": f"{weights} " + ("per-channel" if config.per_channel else "per-tensor"),
         "activations": "dynamic per-tensor uint8 (DynamicQuantizeLinear)",
-        "reduce_range": reduce_range,
+        "reduce_range": narrow,
         "op_types": list(OP_TYPES),
         "int8_embeddings": sum(
             n.op_type == "Gather" and n.input[0].endswith("_quantized") for n in int8.graph.node

@@ -21,10 +21,18 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
+from ptsq.algorithms.cleanup import clamp_ranges, cleanup
+from ptsq.algorithms.keep_float import KeepFloat, wrap_modules
+from ptsq.algorithms.tracing import TraceFailure, try_trace
+from ptsq.backends import qconfig_name
 from ptsq.config import QuantConfig
 from ptsq.engines.base import EngineResult, LayerPrecision
-from ptsq.engines.capture import TraceFailure, try_trace
-from ptsq.engines.keep_float import KeepFloat, wrap_modules
+from ptsq.engines.fx.capture import make_traceable
+from ptsq.engines.fx.fixed_inputs import free_fixed_inputs
+from ptsq.engines.fx.precision import precision_map
+from ptsq.engines.fx.qconfig import qconfig_mapping
+from ptsq.engines.fx.speed import slow_layers
+from ptsq.errors import QuantizationError, TraceError
 
 _Inputs = dict[str, tuple[tuple[Any, ...], dict[str, Any]]]
 
@@ -109,13 +117,6 @@ def quantize_split(
     """Quantize each traceable unit of ``work`` (modified in place) around its untraceable shells."""
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-    from ptsq.backends import qconfig_name
-    from ptsq.engines.fx import _capture, precision_map, qconfig_mapping
-    from ptsq.engines.fx_cleanup import clamp_ranges, cleanup
-    from ptsq.engines.fx_fixed_inputs import free_fixed_inputs
-    from ptsq.engines.fx_speed import slow_layers
-    from ptsq.errors import QuantizationError, TraceError
-
     inputs = called_inputs(work, example_args)
     units, shells = plan(work, root_failure, inputs)
     notes.append(
@@ -136,7 +137,7 @@ def quantize_split(
         unit = work.get_submodule(name)
         args = inputs[name][0]
         try:
-            notes.extend(f"in '{name}': {n}" for n in _capture(unit, strict=False))
+            notes.extend(f"in '{name}': {n}" for n in make_traceable(unit, strict=False))
         except TraceError as exc:  # untraceable once its own untraceable parts were made opaque
             rows_skipped.append(LayerPrecision(name, type(unit).__name__, "fp32", f"cannot be traced: {exc}"))
             continue

@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from ptsq.engines.capture import LeafTracer
-from ptsq.engines.keep_float import KeepFloat
+from ptsq.algorithms.keep_float import KeepFloat
+from ptsq.algorithms.tracing import LeafTracer
+from ptsq.config import CLEANUP_STEPS
 
-STEPS = ("conv-modules", "fold-pad", "fold-bn", "equalize", "clamp-ranges", "bias-correction")
+STEPS = CLEANUP_STEPS
 GRAPH_STEPS = STEPS[:4]
 # tensor attributes a forward may read that neither BN folding nor quantization changes
 _METADATA = ("ndim", "shape", "dtype", "device")

@@ -1,0 +1,104 @@
+"""Static post-training quantization: calibrate activation ranges on real batches, convert, check against fp32."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ptsq import manifest
+from ptsq.backends import activate, resolve_backend
+from ptsq.calibration import CalibrationStream, adapt_keywords, first_sample
+from ptsq.config import QuantConfig
+from ptsq.data.preprocess import Preprocess
+from ptsq.engines import get_engine
+from ptsq.errors import InputShapeError, first_line
+from ptsq.modes.check import self_check, warn_if_poor
+from ptsq.progress import task
+from ptsq.quantized import QuantizedModel
+
+
+def _describe_args(args: tuple[Any, ...]) -> str:
+    return ", ".join(
+        f"{tuple(a.shape)} {str(a.dtype).replace('torch.', '')}" if isinstance(a, torch.Tensor) else type(a).__name__
+        for a in args
+    )
+
+
+def check_model_accepts(model: nn.Module, args: tuple[Any, ...]) -> None:
+    """Run ``model`` once on ``args``; a failure is the user's inputs, said in one line."""
+    try:
+        with torch.inference_mode():
+            model(*args)
+    except Exception as exc:
+        raise InputShapeError(
+            f"the model rejects inputs of shape {_describe_args(args)}: {first_line(exc)}",
+            "give inputs the model accepts (--input-size, or the channel count via --preset/--channels)",
+        ) from None
+
+
+def _expected(calibration: Iterable[Any]) -> int | None:
+    total = getattr(calibration, "expected_images", None)
+    if total is None and hasattr(calibration, "dataset"):
+        total = len(calibration.dataset)  # type: ignore[attr-defined]
+    return total
+
+
+def quantize_static(
+    model: nn.Module,
+    calibration: Iterable[Any],
+    config: QuantConfig,
+    *,
+    example_inputs: tuple[Any, ...] | None = None,
+    progress: bool = True,
+    transform: Callable[[Any], Any] | None = None,
+    preprocess: Preprocess | None = None,
+    source: dict[str, Any] | None = None,
+) -> QuantizedModel:
+    """Calibrate on ``calibration`` (all but the last ``config.check_batches`` batches), convert with
+    ``config.engine``, then compare int8 with fp32 on the held-back batches. ``model`` is not modified."""
+    backend = resolve_backend(config.backend)
+    activate(backend)
+    engine = get_engine(config.engine)
+    torch.manual_seed(config.seed)
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    try:
+        with task("calibrating", _expected(calibration), progress) as update:
+            stream = CalibrationStream(
+                calibration, transform=transform, hold_back=config.check_batches, progress=update
+            )
+            runner = adapt_keywords(model, stream)  # dict batches naming forward parameters -> keywords
+            names = getattr(runner, "names", None)
+            if isinstance(example_inputs, dict) and names:
+                example_inputs = tuple(example_inputs[n] for n in names)
+            example = tuple(example_inputs) if example_inputs is not None else first_sample(stream.first)
+            check_model_accepts(runner, first_sample(stream.first))
+            result = engine.quantize(runner, lambda fn: stream.run(fn), example, config, backend)
+        check = self_check(runner, result, stream.held or [stream.first], config, in_sample=stream.in_sample_check)
+    finally:
+        model.train(was_training)
+    calibration_info = {
+        "batches": stream.calibrated_batches,
+        "samples": stream.calibrated_samples,
+        "held_back_batches": len(stream.held),
+        "seed": config.seed,
+        **(source or {}),
+    }
+    built = manifest.build(
+        model=model, example=example, config=config, engine=engine.name, backend=backend, check=check,
+        precision=[r.to_dict() for r in result.precision], details=result.details, notes=result.notes,
+        calibration=calibration_info, preprocess=preprocess.to_dict() if preprocess is not None else None,
+        keywords=names,
+    )  # fmt: skip
+    qm = QuantizedModel(result, built, example)
+    qm.stats["seconds"] = round(time.perf_counter() - t0, 2)
+    warn_if_poor(check)
+    return qm
+
+
+__all__ = ["check_model_accepts", "quantize_static"]
