@@ -16,12 +16,12 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ptsq.errors import ArtifactError, OutputPathError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 FORMAT = "ptsq-artifact"
 FORMAT_VERSION = 1
@@ -73,6 +73,8 @@ def unseal(text: str, path: Path) -> dict[str, Any]:
 
 def state_hash(model: nn.Module) -> str:
     """sha256 over the model's parameters and buffers, by name: identifies the source weights."""
+    import torch  # here, not at the top: reading a manifest must not need torch
+
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         if not isinstance(t, torch.Tensor):

@@ -77,3 +77,11 @@ def preprocess_from(default: Preprocess | None, params: Mapping[str, Any]) -> Pr
         channels=channels.lower() if channels else None,
         crop_pct=params.get("crop_pct"),
     )
+
+
+ReportOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--report", help="Also write a report of these results: one self-contained HTML file (.md: Markdown)."
+    ),
+]

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ptsq.cli import _config as cfg
 from ptsq.cli import _options as o
+from ptsq.cli import _report
 from ptsq.cli._errors import guarded
 from ptsq.cli._output import Output
 
@@ -51,6 +52,7 @@ def analyze_cmd(
         float, typer.Option("--min-gain", help="Recommend a layer only if fp32 lifts the output SQNR this many dB.")
     ] = 1.0,
     plot: Annotated[str | None, typer.Option("--plot", help="Write a bar chart (PNG) of the ranking here.")] = None,
+    report_file: o.ReportOpt = None,
     json_out: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
     **pre: Any,
@@ -68,6 +70,7 @@ def analyze_cmd(
         from ptsq import artifact
 
         artifact.check_output_path(plot, True)
+    report_path = _report.check_path(report_file, (model, calib, weights or ""))
     loaded = load_model(model, weights=weights, trust_pickle=trust_pickle)
     pre = o.preprocess_from(loaded.preprocess, pre)
     images = CalibrationImages(
@@ -82,6 +85,7 @@ def analyze_cmd(
         from ptsq.analysis.plot import plot_sensitivity
 
         data["plot"] = str(plot_sensitivity(report, plot))
+    _report.write(out, report_path, data, analyze=data)
     out.result(data, render)
 
 

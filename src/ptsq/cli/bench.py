@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ptsq.cli import _options as o
+from ptsq.cli import _report
 from ptsq.cli._errors import guarded
 from ptsq.cli._output import Output, human_bytes
 
@@ -57,6 +58,7 @@ def bench_cmd(
     no_memory: Annotated[
         bool, typer.Option("--no-memory", help="Skip peak memory (one child process per model).")
     ] = False,
+    report_file: o.ReportOpt = None,
     json_out: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
 ) -> None:
@@ -74,6 +76,7 @@ def bench_cmd(
 
         require_matplotlib()
         plot_path = check_output_path(plot, force=True)  # fail before minutes of timing
+    report_path = _report.check_path(report_file, tuple(models))
     items = load_all(models, weights, trust_pickle)
     cands = [Candidate(i.label, i.runner, i.size_bytes, kind=i.kind, source=i.source) for i in items]
     shapes = _input_shapes(items, input_size)
@@ -104,6 +107,8 @@ def bench_cmd(
         plot_latency(data, plot_path)
         data["plot"] = str(plot_path)
         out.info(f"wrote {plot_path}")
+    arts = [s for s, c in zip(models, cands) if c.kind != "fp32"]
+    _report.write(out, report_path, data, artifacts=arts, bench=data)
     out.result(data, render)
 
 

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ptsq.cli import _options as o
+from ptsq.cli import _report
 from ptsq.cli._errors import guarded
 from ptsq.cli._output import Output
 
@@ -51,6 +52,7 @@ def eval_cmd(
         int | None, typer.Option("--max-images", help="Evaluate at most this many (a reproducible subset).")
     ] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="torch threads (default: torch's).")] = None,
+    report_file: o.ReportOpt = None,
     json_out: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
     **pre: Any,
@@ -68,6 +70,7 @@ def eval_cmd(
         if threads < 1:
             raise ConfigError(f"--threads {threads} must be at least 1", "e.g. --threads 2")
         torch.set_num_threads(threads)
+    report_path = _report.check_path(report_file, (*models, data))
     items = load_all(models, weights, trust_pickle)
     mods = [i.module for i in items]
     names = [i.label for i in items]
@@ -85,7 +88,10 @@ def eval_cmd(
         out.warn(f"skipped {len(res.skipped)} image(s) that could not be read: {shown}")
     if res.ignored:
         out.warn(f"ignored {res.ignored} file(s) whose names do not match --label-pattern")
-    out.result(res.to_dict(), render)
+    result = res.to_dict()
+    _report.write(out, report_path, result, artifacts=[s for s, i in zip(models, items) if i.kind != "fp32"],
+                  eval=result)  # fmt: skip
+    out.result(result, render)
 
 
 def _f(v: Any, fmt: str = ".4f") -> str:

@@ -14,6 +14,7 @@ from rich.table import Table
 from ptsq.cli import _accuracy as acc
 from ptsq.cli import _config as cfg
 from ptsq.cli import _options as o
+from ptsq.cli import _report
 from ptsq.cli._errors import guarded
 from ptsq.cli._output import Output, human_bytes
 from ptsq.engines import available_engines
@@ -103,6 +104,7 @@ def quantize_cmd(
     min_agreement: acc.MinAgreementOpt = None,
     min_sqnr: acc.MinSqnrOpt = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite OUTPUT if it exists.")] = False,
+    report_file: o.ReportOpt = None,
     json_out: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
     **pre: Any,
@@ -127,6 +129,7 @@ def _quantize(ctx: typer.Context, p: dict[str, Any]) -> None:
 
         raise ConfigError("--mode static needs calibration data (--calib)", "pass --calib DIR, or use --mode dynamic")
     target = artifact.check_output_path(p["output"], p["force"])
+    report_path = _report.check_path(p["report_file"], (p["model"], p["calib"] or "", p["weights"] or "", p["output"]))
     t0 = time.perf_counter()
     loaded = load_model(p["model"], weights=p["weights"], trust_pickle=p["trust_pickle"])
     pre = o.preprocess_from(loaded.preprocess, p)
@@ -158,7 +161,9 @@ def _quantize(ctx: typer.Context, p: dict[str, Any]) -> None:
     if p["save_config"]:
         cfg.save_config(config, p["save_config"])
     qm.save(target, force=p["force"])
-    out.result(_summary(qm, loaded.model, target, config.mode, time.perf_counter() - t0), render)
+    summary = _summary(qm, loaded.model, target, config.mode, time.perf_counter() - t0)
+    _report.write(out, report_path, summary, artifacts=[target], quantize=summary)
+    out.result(summary, render)
 
 
 def _advice(model: Any, pre: Any, mode: str) -> str | None:

@@ -1,0 +1,140 @@
+"""An artifact's manifest, read straight from the file: no engine runtime, no model deserialisation.
+
+Every engine embeds the same sealed manifest in its own container, so reading it needs only the
+container format: TorchScript (fx) and torch.export (pt2e) archives are zip files holding
+``<archive>/extra/ptsq_manifest.json``; the OpenVINO artifact is a zip with ``ptsq_openvino/manifest.json``;
+an ONNX model keeps it in ``metadata_props`` (read here with a few lines of protobuf wire-format
+walking, so neither ``onnx`` nor ``onnxruntime`` is imported). ``ptsq info``, ``ptsq report`` and
+anything else that only describes an artifact can use :func:`read_manifest`; running it still
+needs :func:`ptsq.load`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from ptsq.errors import ArtifactError
+
+# zip entry names that hold the manifest (kept in step with the engines' save(); a test compares them)
+ZIP_SUFFIX = "/extra/ptsq_manifest.json"  # torch.jit.save / torch.export.save extra files
+OPENVINO_ENTRY = "ptsq_openvino/manifest.json"
+ONNX_KEY = "ptsq_manifest"
+_ONNX_METADATA_FIELD = 14  # ModelProto.metadata_props (repeated StringStringEntryProto: key=1, value=2)
+
+
+class _Truncated(Exception):
+    pass
+
+
+def _varint(buf: memoryview | bytes, pos: int, end: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if pos >= end or shift > 63:
+            raise _Truncated
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(buf: memoryview | bytes, start: int, end: int) -> Any:
+    """(field number, wire type, payload start, payload end) of each top-level field in ``buf[start:end]``."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, nxt = _varint(buf, pos, end)
+        elif wire == 1:
+            nxt = pos + 8
+        elif wire == 2:
+            length, pos = _varint(buf, pos, end)
+            nxt = pos + length
+        elif wire == 5:
+            nxt = pos + 4
+        else:  # groups (3, 4) are not used by onnx.proto; anything else is not protobuf
+            raise _Truncated
+        if nxt > end:
+            raise _Truncated
+        yield number, wire, pos, nxt
+        pos = nxt
+
+
+def onnx_metadata(path: Path) -> dict[str, str] | None:
+    """``metadata_props`` of an ONNX file as a dict, or None if the file is not a well-formed ModelProto."""
+    with open(path, "rb") as f:
+        if f.read(1) != b"\x08":  # a ModelProto starts with ir_version (field 1, varint)
+            return None
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            buf = memoryview(mm)
+            try:
+                props: dict[str, str] = {}
+                for number, wire, a, b in _fields(buf, 0, len(buf)):
+                    if number != _ONNX_METADATA_FIELD or wire != 2:
+                        continue
+                    entry: dict[int, str] = {}
+                    for n, w, x, y in _fields(buf, a, b):
+                        if n in (1, 2) and w == 2:
+                            entry[n] = bytes(buf[x:y]).decode("utf-8", errors="replace")
+                    props[entry.get(1, "")] = entry.get(2, "")
+                return props
+            except _Truncated:
+                return None
+            finally:
+                buf.release()
+
+
+def _is_torchscript(names: list[str]) -> bool:
+    return any(n.endswith("constants.pkl") or "/code/" in n for n in names)
+
+
+def manifest_text(path: str | os.PathLike[str]) -> str:
+    """The sealed manifest JSON embedded in ``path`` ('' for a plain TorchScript file without one).
+
+    ArtifactError when the file is not a container any ptsq engine writes.
+    """
+    from ptsq.artifact import check_readable
+
+    p = check_readable(path)
+    if zipfile.is_zipfile(p):
+        try:
+            with zipfile.ZipFile(p) as zf:
+                names = zf.namelist()
+                entry = next((n for n in names if n == OPENVINO_ENTRY or n.endswith(ZIP_SUFFIX)), None)
+                if entry is not None:
+                    return zf.read(entry).decode("utf-8", errors="replace")
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+            names = []
+        if _is_torchscript(names):
+            return ""  # unseal() explains: a plain TorchScript file
+    elif (props := onnx_metadata(p)) is not None and ONNX_KEY in props:
+        return props[ONNX_KEY]
+    raise ArtifactError(
+        f"'{p}' is not a ptsq artifact (truncated, or not a file ptsq wrote)", "re-create it with 'ptsq quantize'"
+    )
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The verified manifest of the artifact at ``path`` (checksum and format version checked)."""
+    from ptsq.artifact import unseal
+
+    return unseal(manifest_text(path), Path(path))
+
+
+def runtime_of(manifest: dict[str, Any]) -> str:
+    """What runs the artifact: the engine's runtime as recorded, else TorchScript on torch's quantized kernels."""
+    details = manifest.get("details") or {}
+    if details.get("runtime"):
+        return str(details["runtime"])
+    if manifest.get("engine", "fx") == "fx":
+        return f"TorchScript, torch quantized engine {manifest.get('quantized_engine', '?')}"
+    return str(manifest.get("engine", "?"))
+
+
+__all__ = ["manifest_text", "onnx_metadata", "read_manifest", "runtime_of"]
