@@ -6,11 +6,12 @@ rotating order; medians and p90 are reported with the speed-up of each model ove
 
 Peak memory is measured apart from the timing, one model at a time, in a fresh child process
 (``python -m ptsq._memprobe``) that imports torch and ptsq, loads the model and runs it a few times
-at the largest batch size; the figure is that process's ``getrusage(RUSAGE_SELF).ru_maxrss``, so
-models never share one figure. ``peak_rss_mb`` includes the Python + torch baseline;
-``model_mb`` is the peak above that baseline (weights, activations, kernels' workspace); on Linux
-the child resets its high-water mark after the imports (``/proc/self/clear_refs``) so a larger
-peak during ``import torch`` cannot hide the model's own.
+at each thread count and batch size. On Linux the child resets the kernel's high-water mark
+(``/proc/self/clear_refs``) before each setting's runs, so each row's ``peak_rss_mb`` is the resident
+memory peak while that model ran at that setting (Python + torch included) and ``model_mb`` is that
+peak minus the resident memory right after the imports (weights, activations, kernels' workspace).
+Without the reset (other systems) both come from ``ru_maxrss``, whose process-wide peak is often set
+by ``import torch`` itself: then rows can share one figure.
 """
 
 from __future__ import annotations
@@ -73,14 +74,23 @@ class BenchResult:
 
 
 def peak_memory(
-    source: dict[str, Any], shape: Sequence[int], *, threads: int = 1, runs: int = 3, timeout: float = 600
+    source: dict[str, Any],
+    shape: Sequence[int],
+    *,
+    threads: int = 1,
+    runs: int = 3,
+    timeout: float = 600,
+    settings: Sequence[tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
     """Peak resident memory of one model in a fresh child process (see the module docstring).
 
-    Returns ``peak_rss_mb``, ``baseline_mb`` and ``model_mb``; on failure the values are None and
-    ``error`` says why (memory is a side figure: it never fails the benchmark).
+    Returns ``peak_rss_mb``, ``baseline_mb`` and ``model_mb`` and, per (threads, batch size) of
+    ``settings`` (default: ``threads`` and ``shape``'s batch), ``settings[i]`` with that setting's own
+    ``peak_rss_mb`` and ``model_mb``; on failure the values are None and ``error`` says why (memory is a
+    side figure: it never fails the benchmark).
     """
-    job = {**source, "shape": list(shape), "threads": threads, "runs": runs}
+    pairs = [list(p) for p in settings] if settings else [[threads, int(shape[0])]]
+    job = {**source, "shape": list(shape), "threads": threads, "runs": runs, "settings": pairs}
     out: dict[str, Any] = {"peak_rss_mb": None, "baseline_mb": None, "model_mb": None, "method": "child ru_maxrss"}
     try:
         proc = subprocess.run(
@@ -96,8 +106,17 @@ def peak_memory(
         return {**out, "error": (err[-1] if err else f"exit code {proc.returncode}")[:200]}
     r = json.loads(lines[-1])
     mb = 1024.0
+    per_setting = []
+    for row in r.get("settings", []):
+        own = row.get("hwm_kb") is not None and r.get("base_rss_kb") is not None
+        peak_kb = row["hwm_kb"] if own else row["maxrss_kb"]  # without the reset, only the process-wide peak
+        per_setting.append({
+            "threads": row["threads"], "batch_size": row["batch_size"], "peak_rss_mb": round(peak_kb / mb, 1),
+            "model_mb": round((peak_kb - (r["base_rss_kb"] if own else r["baseline_kb"])) / mb, 1),
+        })  # fmt: skip
     return {
         **out,
+        "settings": per_setting,
         "peak_rss_mb": round(r["peak_kb"] / mb, 1),
         "baseline_mb": round(r["baseline_kb"] / mb, 1),
         "model_mb": round((r["peak_kb"] - r["baseline_kb"]) / mb, 1),
@@ -182,18 +201,28 @@ def _timings(candidates: Sequence[Candidate], times: list[list[float]], threads:
 
 
 def _add_memory(
-    result: BenchResult, candidates: Sequence[Candidate], args: tuple[Any, ...], bs: int, threads: int
+    result: BenchResult,
+    candidates: Sequence[Candidate],
+    args: tuple[Any, ...],
+    batch_sizes: list[int],
+    threads: list[int],
 ) -> None:
-    """Peak memory of each candidate with a ``source``, one child process each (see :func:`peak_memory`)."""
+    """Peak memory of each candidate with a ``source`` at every (threads, batch size), one child process per
+    candidate (see :func:`peak_memory`); each timing row gets its own setting's figure."""
     shape = tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else None
+    settings = [(t, b) for b in batch_sizes for t in threads]
     for i, c in enumerate(candidates):
         if c.source is None or shape is None:
             m: dict[str, Any] = {"peak_rss_mb": None, "model_mb": None, "error": "no source to reload from"}
         else:
-            m = peak_memory(c.source, shape, threads=threads)
-        result.memory.append({"label": c.label, "batch_size": bs, "threads": threads, **m})
+            m = peak_memory(c.source, shape, threads=threads[0], settings=settings)
+        rows = {(s["threads"], s["batch_size"]): s for s in m.pop("settings", [])}
+        top = rows.get((threads[0], max(batch_sizes)), {})  # the per-candidate summary keeps its old meaning
+        summary = {**m, **{k: top[k] for k in ("peak_rss_mb", "model_mb") if k in top}}
+        result.memory.append({"label": c.label, "batch_size": max(batch_sizes), "threads": threads[0], **summary})
         for t in result.timings[i :: len(candidates)]:  # timings are appended in candidate order
-            t.peak_rss_mb, t.model_mb = m.get("peak_rss_mb"), m.get("model_mb")
+            own = rows.get((t.threads, t.batch_size), {})
+            t.peak_rss_mb, t.model_mb = own.get("peak_rss_mb"), own.get("model_mb")
 
 
 def benchmark(
@@ -211,7 +240,8 @@ def benchmark(
     """Time every candidate at every thread count and batch size; interleaved, medians, speed-ups.
 
     ``memory``: afterwards, measure each candidate that has a ``source`` in a child process
-    (:func:`peak_memory`) at the largest batch size and the first thread count.
+    (:func:`peak_memory`) at every thread count and batch size; each timing row gets its own setting's
+    peak, and ``memory`` keeps one summary per candidate (largest batch, first thread count).
     """
     if not candidates:
         raise ConfigError("nothing to benchmark", "give at least one model or artifact")
@@ -242,5 +272,5 @@ def benchmark(
     finally:
         torch.set_num_threads(saved_threads)
     if memory:
-        _add_memory(result, candidates, make_inputs(max(batch_sizes)), max(batch_sizes), threads[0])
+        _add_memory(result, candidates, make_inputs(max(batch_sizes)), list(batch_sizes), list(threads))
     return result

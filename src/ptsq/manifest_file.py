@@ -137,4 +137,18 @@ def runtime_of(manifest: dict[str, Any]) -> str:
     return str(manifest.get("engine", "?"))
 
 
-__all__ = ["manifest_text", "onnx_metadata", "read_manifest", "runtime_of"]
+# how each engine's artifact opens without ptsq (each claim is checked by tests/integration/test_plain_loaders.py)
+PLAIN_LOADERS = {
+    "fx": "torch.jit.load(path)",
+    "pt2e": "import torchao.quantization.pt2e.quantize_pt2e; torch.export.load(path).module()",
+    "onnx": "onnxruntime.InferenceSession(path), or openvino.Core().read_model(path)",
+    "openvino": "a zip: unzip it, then openvino.Core().read_model('ptsq_openvino/model.xml')",
+}
+
+
+def plain_loader(manifest: dict[str, Any]) -> str:
+    """How to open the artifact without ptsq (``ptsq.load`` opens every kind)."""
+    return PLAIN_LOADERS.get(str(manifest.get("engine")), "ptsq.load(path)")
+
+
+__all__ = ["PLAIN_LOADERS", "manifest_text", "onnx_metadata", "plain_loader", "read_manifest", "runtime_of"]

@@ -25,6 +25,7 @@ from ptsq.config import QuantConfig
 from ptsq.errors import DataError
 from ptsq.fidelity import FidelityMeter, sqnr_db
 from ptsq.modes.check import capture_outputs
+from ptsq.progress import task
 
 MIN_GAIN_DB = 1.0  # a layer is worth keeping in fp32 only if it lifts the output SQNR this much
 
@@ -189,8 +190,8 @@ def analyze(
 ) -> SensitivityReport:
     """Quantize ``model`` once and rank its int8 layers by sensitivity on the calibration data.
 
-    The calibration batches are all used for calibration; the ranking is measured on the last
-    ``config.check_batches`` of them (at least one), as the self-check does.
+    The ranking is measured on the batches quantize's self-check holds back from calibration (the
+    last ``config.check_batches``, fewer for short data), so the all-int8 SQNR equals the self-check's.
     """
     from ptsq.modes.static import quantize_static
 
@@ -202,12 +203,22 @@ def analyze(
     observed = qm.result.debug.get("observed")
     if observed is None:
         raise DataError("this engine does not expose its calibrated fp32 graph", "use --engine fx")
-    measure = batches[-max(1, config.check_batches) :]
+    # the very batches quantize's self-check held back (it holds back fewer when data is short), so the
+    # all-int8 figures here are the self-check's figures
+    measure = batches[-max(1, int(qm.manifest["check"].get("batches", config.check_batches))) :]
     ops = {r.name: r.op for r in qm.result.precision}
     was = model.training
     model.eval()
     try:
-        base, agree, rows = rank_layers(model, qm.result.module, observed, measure, ops)
+        total = len(swappable_layers(qm.result.module, observed))
+        with task("per-layer sensitivity (each layer alone in fp32)", total, progress) as update:
+            done = [0]
+
+            def step(n: int) -> None:
+                done[0] += n
+                update(done[0])
+
+            base, agree, rows = rank_layers(model, qm.result.module, observed, measure, ops, progress=step)
         keep = choose_fp32(rows, top, min_gain_db)
         together = None
         if keep:

@@ -89,6 +89,13 @@ def analyze_cmd(
     out.result(data, render)
 
 
+COLUMNS = (
+    "gain dB (the ranking) = output SQNR with that layer alone in fp32 minus the all-int8 SQNR; layer SQNR dB = "
+    "that layer's int8 output vs fp32 at the same point, every earlier layer's error included, so it falls with "
+    "depth and sits far below the whole model's figure: it shows where error builds up, not which layer to fix."
+)
+
+
 def render(console: Console, d: dict[str, Any]) -> None:
     agree = f", top-1 agreement {d['baseline_agreement']:.3f}" if d.get("baseline_agreement") is not None else ""
     t = Table(
@@ -96,13 +103,18 @@ def render(console: Console, d: dict[str, Any]) -> None:
         f"on {d['samples']} held-back calibration samples",
         title_justify="left",
     )
+    # full layer names (what --skip name: needs), folded onto more lines when the terminal is narrow
+    room = console.width - 72  # what the other columns leave
+    wide = min(max((len(r["name"]) for r in d["layers"]), default=8), room) if room >= 12 else None
     for col in ("rank", "layer", "op", "layer SQNR dB", "output SQNR if fp32", "gain dB"):
-        t.add_column(col, justify="right" if col not in ("layer", "op") else "left")
+        t.add_column(col, justify="right" if col not in ("layer", "op") else "left", overflow="fold",
+                     min_width=wide if col == "layer" else None)  # fmt: skip
     for i, r in enumerate(d["layers"], 1):
         style = "bold red" if r["name"] in d["keep_fp32"] else ""
         t.add_row(str(i), r["name"], r["op"], _f(r["layer_sqnr_db"]), _f(r["solo_fp32_sqnr_db"]), _f(r["gain_db"]),
                   style=style)  # fmt: skip
     console.print(t)
+    console.print(COLUMNS, soft_wrap=True)
     if d["keep_fp32"]:
         together = d.get("keep_fp32_sqnr_db")
         console.print(

@@ -22,9 +22,10 @@ Examples:
 
   ptsq bench torchvision:resnet18 resnet18_int8.pt --threads 1,2 --plot latency.png
 
-Peak memory: each model is loaded and run again in a fresh child process after the timing;
-the figure is that process's peak resident set size (ru_maxrss), and "above base" subtracts
-the same process's peak after importing torch and ptsq. --no-memory skips it.
+Peak memory: each model is loaded and run again in a fresh child process after the timing, at
+every thread count and batch size; "peak RSS" is that process's resident peak while running at the
+row's setting (Linux resets the peak before each), "above base" subtracts its resident memory right
+after importing torch and ptsq. --no-memory skips it.
 """
 
 

@@ -19,7 +19,7 @@ Examples:
 
   ptsq eval torchvision:resnet18 --weights r18.pth resnet18_int8.pt --data val/      (class sub-folders)
 
-  ptsq eval lite0_fp32_spec lite0_int8.pt --data photos/ --label-pattern 'imagenet_\d+_(\d+)\.jpg'
+  ptsq eval examples.reference.imagenet:efficientnet_lite0 lite0.pt --data photos/ --label-pattern '_(\d+)\.jpg'
 
   ptsq eval mypkg:net --weights w.pth net_int8.pt --data unlabelled/ --labels none --json   (fidelity only)
 """

@@ -48,6 +48,8 @@ def info_cmd(
 
 
 def render(console: Console, m: dict[str, Any]) -> None:
+    from ptsq.manifest_file import plain_loader, runtime_of
+
     t = Table(title=f"ptsq artifact {m['path']}", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
@@ -60,7 +62,9 @@ def render(console: Console, m: dict[str, Any]) -> None:
     rows = [
         ("size", human_bytes(m.get("bytes"))),
         ("made with", f"ptsq {m.get('ptsq_version')}, torch {m.get('torch_version')}"),
-        ("engine / backend", f"{m.get('engine')} / {m.get('backend')} (quantized engine {m.get('quantized_engine')})"),
+        ("engine / backend", f"{m.get('engine')} / {m.get('backend')}"),
+        ("runs on", runtime_of(m)),
+        ("without ptsq", plain_loader(m)),
         ("mode", str(m.get("mode"))),
         ("input", ", ".join(f"{s} {d}" for s, d in zip(m["input"]["shapes"], m["input"]["dtypes"]))),
         ("preprocess", ", ".join(f"{k}={v}" for k, v in pre.items()) if pre else "-"),

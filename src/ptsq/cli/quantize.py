@@ -17,7 +17,7 @@ from ptsq.cli import _options as o
 from ptsq.cli import _report
 from ptsq.cli._errors import guarded
 from ptsq.cli._output import Output, human_bytes
-from ptsq.engines import available_engines
+from ptsq.engines import available_engines, output_help
 
 EXAMPLES = """
 Examples:
@@ -45,7 +45,7 @@ def quantize_cmd(
     model: Annotated[
         str, typer.Argument(help="torchvision:NAME, package.module:callable, file.py:callable, or a file")
     ],
-    output: Annotated[str, typer.Option("--output", "-o", help="Artifact file to write (.pt).")],
+    output: Annotated[str, typer.Option("--output", "-o", help=output_help())],
     calib: Annotated[
         str | None,
         typer.Option(

@@ -16,7 +16,7 @@ Examples:
 
   ptsq report lite0_int8.pt -o report.html
 
-  ptsq bench lite0_spec lite0_int8.pt --threads 1,2 --json > bench.json
+  ptsq bench examples.reference.imagenet:efficientnet_lite0 lite0_int8.pt --threads 1,2 --json > bench.json
 
   ptsq report lite0_int8.pt lite0_int8.onnx --bench bench.json --eval eval.json --analyze analyze.json -o report.html
 

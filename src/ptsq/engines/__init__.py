@@ -22,6 +22,8 @@ _BUILTIN = {
     "onnx": "ptsq.engines.onnx",
     "openvino": "ptsq.engines.openvino",
 }
+# the artifact suffix each built-in engine writes (for help texts, without importing the engine)
+_SUFFIX = {"fx": ".pt", "pt2e": ".pt2", "onnx": ".onnx", "openvino": ".ov"}
 _REGISTRY: dict[str, Engine] = {}
 # packages a built-in engine needs beyond torch (the 'engines' extra)
 _REQUIRES = {"pt2e": ("torchao",), "onnx": ("onnx", "onnxruntime"), "openvino": ("openvino", "nncf")}
@@ -61,3 +63,14 @@ def get_engine(name: str) -> Engine:
 
 def available_engines() -> list[str]:
     return sorted(set(_BUILTIN) | set(_REGISTRY))
+
+
+def artifact_suffixes() -> dict[str, str]:
+    """Engine name -> the artifact suffix it writes (registered engines included), for help texts."""
+    return {**_SUFFIX, **{n: e.suffix for n, e in _REGISTRY.items()}}
+
+
+def output_help() -> str:
+    """The -o help: which suffix each engine writes."""
+    each = ", ".join(f"{n}: {s}" for n, s in sorted(artifact_suffixes().items()))
+    return f"Artifact file to write ({each}; auto: the chosen engine's format)."

@@ -32,6 +32,7 @@ from ptsq.engines.base import EngineResult, LayerPrecision
 from ptsq.engines.common import skip_targets
 from ptsq.errors import ConfigError, InputShapeError, QuantizationError, first_line
 from ptsq.fidelity import compare, flatten_outputs
+from ptsq.modes.dynamic_layers import in_module_order, unquantized_layers
 from ptsq.quantized import QuantizedModel
 
 DYNAMIC_ENGINES = ("fx", "onnx")
@@ -139,6 +140,8 @@ def quantize_dynamic(
         fid = compare(model, result.module, checks)
     finally:
         model.train(was_training)
+    # every other layer with weights (convs, norms…) stays fp32 in dynamic mode: listed, with why
+    result.precision = in_module_order(model, result.precision + unquantized_layers(model, layers))
     budget = config.dynamic.min_cosine
     check: dict[str, Any] = {
         **fid.to_dict(),

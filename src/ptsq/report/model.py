@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import ptsq
-from ptsq.manifest_file import read_manifest, runtime_of
+from ptsq.manifest_file import plain_loader, read_manifest, runtime_of
 
 
 @dataclass
@@ -387,7 +387,7 @@ def environment_rows(report: Report) -> list[tuple[str, str]]:
                              if k in ("openvino", "nncf", "onnxruntime", "onnx", "torchao"))  # fmt: skip
         rows.append((f"{a.label}", f"made with ptsq {m.get('ptsq_version')}, torch {m.get('torch_version')}"
                      + (f", {versions}" if versions else "") + f"; engine {a.engine}, backend {m.get('backend')}; "
-                     f"runs on {a.runtime}"))  # fmt: skip
+                     f"runs on {a.runtime}; opens without ptsq with {plain_loader(m)}"))  # fmt: skip
     mach = (report.bench or {}).get("machine")
     if mach:
         rows.append(("benchmark machine", f"{mach.get('cpu')} ({mach.get('cores')} cores; "
