@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-all lint bench coverage clean fashion-data
+.PHONY: install demo test test-all lint bench coverage clean fashion-data chromium screenshot
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,16 +22,21 @@ fashion-data:
 	@test -d /usr/share/datasets/fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
 	  || echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST rows will be skipped"
 
+# the report's browser test drives Debian's chromium through Playwright (never 'playwright install': no downloads
+# of browsers from elsewhere); without it that one test is skipped
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium) \
+	  || echo "warning: could not install chromium; the report's browser test will be skipped"
 
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider --durations=15
 
-test-all: $(STAMP)
+test-all: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -m "" -p no:cacheprovider --durations=25
 
 # ruff, then the import contracts in pyproject.toml (layers, engine packages, private modules and names)
@@ -49,6 +54,11 @@ bench: $(STAMP) fashion-data
 coverage: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[coverage]'
 	$(BIN)/python -m benchmarks.bench_coverage $(ARGS)
+
+# docs/report.png: the first screen of the demo's report, taken by headless Chromium (never made by hand)
+screenshot: $(STAMP) chromium
+	$(BIN)/python -m examples.demo
+	$(BIN)/python -m benchmarks.screenshot_report out/demo/report.html docs/report.png
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -47,6 +47,9 @@ def test_json_has_every_field(art):
     for x in mem:
         assert x.get("error") is None, x
         assert x["peak_rss_mb"] > 10 and x["model_mb"] >= 0 and x["batch_size"] == 3
+    # each row is its own measurement (before: one process-wide peak, set by import torch, for every row)
+    assert all(r["peak_rss_mb"] > r["model_mb"] >= 0 for r in t)
+    assert len({r["peak_rss_mb"] for r in t}) > 1, [r["peak_rss_mb"] for r in t]
 
 
 def test_plot_writes_png(art, tmp_path):

@@ -31,13 +31,14 @@ h3{font-size:15px;margin:16px 0 6px}
 .card.good{border-left-color:var(--good)}.card.poor{border-left-color:var(--poor)}
 .card .t{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em}
 .card .v{font-size:26px;font-weight:650;margin:2px 0}
-.card .d{color:var(--muted);font-size:12px}
+.card .d{color:var(--muted);font-size:12px;overflow-wrap:anywhere}
 .card .verdict{font-weight:600}.good .verdict{color:var(--good)}.poor .verdict{color:var(--poor)}
 table{border-collapse:collapse;background:#fff;margin:6px 0 10px;font-size:13px}
 th,td{border:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f1f3f6;font-weight:600}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.name{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;word-break:break-all;max-width:460px}
+dd{overflow-wrap:anywhere}
 tr.fp32 td{background:var(--fp32)} tr.keep td{background:#fde8e8}
 .scroll{max-height:520px;overflow:auto;display:inline-block;border:1px solid var(--line)}
 .scroll table{margin:0}
