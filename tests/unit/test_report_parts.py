@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -128,10 +130,10 @@ def test_json_checks_name_the_command_that_wrote_it():
 def test_nice_ticks_cover_the_range_in_round_steps(lo, hi):
     t = nice_ticks(lo, hi)
     assert t[0] <= lo and t[-1] >= hi and len(t) >= 2
-    steps = {round(b - a, 9) for a, b in zip(t, t[1:])}
+    steps = {round(b - a, 9) for a, b in itertools.pairwise(t)}
     assert len(steps) == 1
     step = steps.pop()
-    mantissa = step / 10 ** __import__("math").floor(__import__("math").log10(step))
+    mantissa = step / 10 ** math.floor(math.log10(step))
     assert round(mantissa, 6) in (1, 2, 2.5, 5, 10)
 
 
@@ -159,7 +161,7 @@ def test_ranked_bars_draw_negative_gains_left_of_zero():
     svg = ranked_bars([("a.long.layer.name", 3.0, True, "a"), ("b", -1.0, False, "b"), ("c", 0.5, False, "c")],
                       title="gain", unit="dB")  # fmt: skip
     bars = _bars(svg)
-    assert [b.get("fill") for b in bars][0] != bars[1].get("fill")  # the recommended layer stands out
+    assert bars[0].get("fill") != bars[1].get("fill")  # the recommended layer stands out
     xs = [(float(b.get("x")), float(b.get("width"))) for b in bars]
     zero = xs[0][0]
     assert xs[1][0] + xs[1][1] == pytest.approx(zero, abs=0.2) and xs[1][0] < zero

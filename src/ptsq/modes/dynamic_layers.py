@@ -12,7 +12,8 @@ from torch import nn
 from ptsq.engines.base import LayerPrecision
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_NORM = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
+         nn.InstanceNorm3d, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)  # fmt: skip
 _EMBEDDING = (nn.Embedding, nn.EmbeddingBag)
 KINDS = "Linear, LSTM, GRU and RNN cells"  # the types in DYNAMIC_TYPES
 
