@@ -147,8 +147,11 @@ def test_wrong_inputs_are_refused_in_one_line(inputs, tmp_path):
     half = tmp_path / "half.json"
     half.write_text(json.dumps({"machine": {}, "timings": [{"label": "x"}]}))
     assert_clean_error(run_cli("report", art, "--bench", half, "-o", out), "malformed 'timings' entry 0")
-    assert_clean_error(run_cli("report", art, "-o", art), "would overwrite its input")
+    assert_clean_error(run_cli("report", art, "-o", art), "would overwrite")
     assert_clean_error(run_cli("report", art, "--bench", tmp_path / "nope.json", "-o", out), "does not exist")
+    same = tmp_path / "same.html"
+    res = run_cli("quantize", spec("SmallNet"), "--calib", inputs["dir"], "-o", same, "--report", same)
+    assert_clean_error(res, "would overwrite")  # refused before any work
     mine = tmp_path / "notes.html"
     mine.write_text("<html>my notes</html>")
     assert_clean_error(run_cli("report", art, "-o", mine), "not a ptsq report")

@@ -91,8 +91,9 @@ def analyze_cmd(
 
 COLUMNS = (
     "gain dB (the ranking) = output SQNR with that layer alone in fp32 minus the all-int8 SQNR; layer SQNR dB = "
-    "that layer's int8 output vs fp32 at the same point, every earlier layer's error included, so it falls with "
-    "depth and sits far below the whole model's figure: it shows where error builds up, not which layer to fix."
+    "that layer's int8 output vs the fp32 value at the same point, earlier layers' error included: a conv that "
+    "feeds ReLU6/hardtanh/clamp already outputs only the activation's range in int8, so the values the activation "
+    "removes count as error there and it reads low (often 0-6 dB) without being a bad layer; rank by gain."
 )
 
 

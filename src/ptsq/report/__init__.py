@@ -44,14 +44,14 @@ def check_report_path(
 ) -> Path:
     """Fail early if the report cannot be written; an older ptsq report there is replaced, other files need force.
 
-    A report is never written over one of its own inputs.
+    A report is never written over one of ``inputs`` (what the command reads, or the artifact it writes).
     """
     from ptsq.artifact import check_output_path
 
     out = Path(path)
     for src in inputs:
-        if out.exists() and Path(src).exists() and out.resolve() == Path(src).resolve():
-            raise OutputPathError(f"the report '{out}' would overwrite its input '{src}'", "choose another -o")
+        if out.resolve() == Path(src).resolve():
+            raise OutputPathError(f"the report '{out}' would overwrite '{src}'", "choose another file for the report")
     if out.is_file() and not force and not _is_report(out):
         raise OutputPathError(
             f"output '{out}' already exists and is not a ptsq report",

@@ -335,9 +335,10 @@ def precision_rows(a: Artifact) -> list[dict[str, str]]:
 # ------------------------------------------------------------------------------------- sensitivity
 SENSITIVITY_NOTE = (
     "gain dB = output SQNR with that layer alone kept fp32, minus the all-int8 output SQNR (the ranking). "
-    "layer SQNR dB = that layer's int8 output against fp32 at the same point, with every earlier layer's "
-    "error included, so it falls with depth and is far below the whole model's figure; it locates damage, "
-    "it does not rank layers."
+    "layer SQNR dB = that layer's int8 output against fp32 at the same point, every earlier layer's error "
+    "included; a conv that feeds ReLU6/hardtanh/clamp already outputs only the activation's range in int8, so "
+    "the values the activation removes count as error there: such layers read low (often 0-6 dB) without being "
+    "bad. It shows where error builds up, not which layer to fix."
 )
 
 
