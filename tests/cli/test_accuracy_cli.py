@@ -28,6 +28,9 @@ def test_analyze_names_the_broken_layer_and_the_skip_option(photo_dir, tmp_path)
     d = json.loads(res.stdout)
     assert d["layers"][0]["name"] == "features.3" and d["keep_fp32"] == ["features.3"]
     assert "--skip name:features.3" in d["command"] and d["command"].startswith("ptsq quantize ")
+    # the recommended command keeps every option the analysis ran with
+    assert "--input-size 32 " in d["command"] and "--num-calib 16 --batch-size 4" in d["command"]
+    assert "--speed-guard 0" in d["command"] and f"--cleanup {NO_CLE[1]}" in d["command"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     human = run_cli(

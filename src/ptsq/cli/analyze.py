@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Annotated, Any
 
 import typer
@@ -78,9 +79,20 @@ def analyze_cmd(
     )
     report = analyze(loaded.model, images, config=config, top=top, min_gain_db=min_gain, progress=out.progress)
     data: dict[str, Any] = {"model": model, "calib": calib, **report.to_dict()}
-    rules = " ".join(f"--skip {r}" for r in config.skip)
-    options = " ".join(x for x in (rules, report.skip_options()) if x)
-    data["command"] = f"ptsq quantize {model} --calib {calib} -o OUT.pt {options}".strip() if report.keep_fp32 else None
+    # every option that shaped this analysis, so the quantized model is the one analysed plus the fp32 layers
+    given = [("--weights", weights), ("--backend", None if backend == "auto" else backend), ("--preset", preset_name),
+             ("--input-size", input_size), ("--mean", mean), ("--std", std), ("--scale", scale),
+             ("--channels", channels), ("--crop-pct", crop_pct), ("--num-calib", num_calib),
+             ("--batch-size", batch_size), ("--seed", seed), ("--speed-guard", speed_guard),
+             ("--observer", observer), ("--cleanup", cleanup), ("--config", config_file)]  # fmt: skip
+    given += [("--no-cleanup", step) for step in no_cleanup or ()] + [("--skip", str(r)) for r in config.skip]
+    flags = " ".join(f"{k} {shlex.quote(str(v))}" for k, v in given if v is not None)
+    data["options"] = flags  # lets a report rebuild this very analyze command
+    data["command"] = (
+        f"ptsq quantize {shlex.quote(model)} --calib {shlex.quote(calib)} {flags} -o OUT.pt {report.skip_options()}"
+        if report.keep_fp32
+        else None
+    )
     if plot:
         from ptsq.analysis.plot import plot_sensitivity
 

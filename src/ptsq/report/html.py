@@ -117,6 +117,8 @@ def _headline(report: rm.Report) -> str:
 
 def _latency(report: rm.Report) -> str:
     settings, labels, rows = rm.latency(report)
+    if not rows and not report.artifacts:  # an analyze-only report: nothing was timed, nothing to time
+        return ""
     if not rows:
         return ('<section id="latency"><h2>Latency</h2><p class="muted">Not measured: run <code>ptsq bench FP32_MODEL '
                 "ARTIFACT --threads 1,2 --json &gt; bench.json</code> and pass <code>--bench bench.json</code>.</p>"

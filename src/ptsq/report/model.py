@@ -478,8 +478,9 @@ def commands(report: Report) -> list[tuple[str, str]]:
                     f"{lab} --json > eval.json"))  # fmt: skip
     if report.analyze:
         an = report.analyze
+        opts = f" {an['options']}" if an.get("options") else ""
         out.append(("sensitivity", f"ptsq analyze {_q(an.get('model', 'MODEL'))} --calib {_q(an.get('calib', 'DIR'))}"
-                    " --json > analyze.json"))  # fmt: skip
+                    f"{opts} --json > analyze.json"))  # fmt: skip
         if an.get("command"):
             out.append(("the fix analyze recommends", an["command"]))
     inputs = " ".join(_q(a.label) for a in report.artifacts)
