@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from html import escape
 
 from ptsq.report import model as rm
+from ptsq.report import recipe
 from ptsq.report.svg import grouped_bars, ranked_bars
 
 CSS = """
@@ -213,12 +214,12 @@ def _calibration(report: rm.Report) -> str:
 
 def _reproduce(report: rm.Report) -> str:
     parts = ['<section id="reproduce"><h2>Reproduce</h2>']
-    for what, cmd in rm.commands(report):
+    for what, cmd in recipe.commands(report):
         parts.append(f"<h3>{_e(what)}</h3><pre>{_e(cmd)}</pre>")
     for a in report.artifacts:
         sha = (a.manifest.get("model") or {}).get("weights_sha256")
         parts.append(f"<details><summary>quant_config.json for {_e(a.label)} (the QuantConfig recorded in its "
-                     f"manifest)</summary><pre>{_e(rm.config_json(a))}</pre></details>")  # fmt: skip
+                     f"manifest)</summary><pre>{_e(recipe.config_json(a))}</pre></details>")  # fmt: skip
         if sha:
             parts.append(f'<p class="muted">WEIGHTS.pth for {_e(a.label)}: the file with sha256 {_e(sha)}.</p>')
     parts.append("</section>")

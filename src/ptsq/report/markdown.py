@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ptsq.report import model as rm
+from ptsq.report import recipe
 
 MARKER = "<!-- ptsq report -->"  # lets a later run recognise (and replace) a report it wrote
 
@@ -82,10 +83,10 @@ def render_markdown(report: rm.Report) -> str:
             lines += [f"`{a.label}`:", ""] + [f"- {k}: {v}" for k, v in rm.calibration_rows(a)] + [""]
     lines += ["## Environment", ""] + [f"- {k}: {v}" for k, v in rm.environment_rows(report)] + [""]
     lines += ["## Reproduce", ""]
-    for what, cmd in rm.commands(report):
+    for what, cmd in recipe.commands(report):
         lines += [f"{what}:", "", "```bash", cmd, "```", ""]
     for a in report.artifacts:
-        lines += [f"<details><summary>quant_config.json for {a.label}</summary>", "", "```json", rm.config_json(a),
+        lines += [f"<details><summary>quant_config.json for {a.label}</summary>", "", "```json", recipe.config_json(a),
                   "```", "", "</details>", ""]  # fmt: skip
     notes = rm.notes(report)
     if notes:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,95 +157,94 @@ def _check_text(chk: dict[str, Any], mode: str) -> tuple[str, str]:
     return value, ", ".join(parts)
 
 
-def headline(report: Report) -> list[Figure]:
-    """The figures a person deciding whether to ship wants first, each with the evidence behind it."""
-    figs: list[Figure] = []
-    art = report.artifacts[0] if report.artifacts else None
-    bench = report.bench or {}
-    timings = bench.get("timings", [])
-    # speed-up: the artifact's first bench row (or the first int8 row), else --engine auto's own timing
+def _speed_figure(report: Report, art: Artifact | None) -> Figure | None:
+    """The artifact's first bench row (or the first int8 row), else --engine auto's own timing."""
+    timings = (report.bench or {}).get("timings", [])
     rows = _bench_rows_of(report, art.label) if art else []
     row = rows[0] if rows else next((t for t in timings if t["kind"] != "fp32" and t.get("speedup")), None)
-    if row is not None and timings:
+    if row is not None:
         base = next(t for t in timings if t["threads"] == row["threads"] and t["batch_size"] == row["batch_size"])
-        figs.append(Figure(
+        return Figure(
             "speed-up", f"{row['speedup']:.2f}x",
             f"{short(row['label'])}: median {row['median_ms']:.2f} ms vs {base['median_ms']:.2f} ms for "
-            f"{short(base['label'])}, "
-            f"{_setting(row)}, {row.get('runs', '?')} interleaved runs each",
+            f"{short(base['label'])}, {_setting(row)}, {row.get('runs', '?')} interleaved runs each",
             "good" if row["speedup"] >= 1 else "poor",
-        ))  # fmt: skip
-    elif art and art.manifest.get("auto"):
-        auto = art.manifest["auto"]
-        chosen = next((r for r in auto.get("engines", []) if r.get("chosen")), {})
-        if chosen.get("speedup") is not None:
-            figs.append(Figure(
-                "speed-up", f"{chosen['speedup']:.2f}x",
-                f"--engine auto's timing of {chosen['engine']}: {chosen['median_ms']:.2f} ms vs fp32 "
-                f"{auto['fp32_median_ms']:.2f} ms, {auto['threads']} thread(s), batch 1",
-                "good" if chosen["speedup"] >= 1 else "poor",
-            ))  # fmt: skip
-    elif art:
-        figs.append(Figure("speed-up", "not measured", "run ptsq bench FP32_MODEL ARTIFACT --json > bench.json, "
-                           "then ptsq report ARTIFACT --bench bench.json"))  # fmt: skip
-    # size
+        )  # fmt: skip
+    auto = (art.manifest.get("auto") or {}) if art else {}
+    chosen = next((r for r in auto.get("engines", []) if r.get("chosen")), {})
+    if chosen.get("speedup") is not None:
+        return Figure(
+            "speed-up", f"{chosen['speedup']:.2f}x",
+            f"--engine auto's timing of {chosen['engine']}: {chosen['median_ms']:.2f} ms vs fp32 "
+            f"{auto['fp32_median_ms']:.2f} ms, {auto['threads']} thread(s), batch 1",
+            "good" if chosen["speedup"] >= 1 else "poor",
+        )  # fmt: skip
     if art:
-        fp32, what = _fp32_size(report)
-        if fp32:
-            figs.append(
-                Figure(
-                    "size",
-                    f"{fp32 / art.bytes:.2f}x smaller",
-                    f"{what} {fmt_bytes(fp32)} → int8 {fmt_bytes(art.bytes)} ({art.label})",
-                    None,
-                )
-            )
-        else:
-            figs.append(Figure("size", fmt_bytes(art.bytes), f"int8 artifact {art.label} (fp32 size not given)"))
-        chk = art.manifest.get("check") or {}
-        value, detail = _check_text(chk, str(art.manifest.get("mode")))
-        verdict = {True: "good", False: "poor"}.get(chk.get("passed"))
-        figs.append(Figure("fidelity (self-check)", value, detail, verdict))
-        counts = art.counts
-        figs.append(
-            Figure(
-                "layers",
-                f"{counts['int8']} int8 / {counts['fp32']} fp32",
-                f"{art.engine} engine, {art.manifest.get('mode', 'static')} mode, {art.runtime}",
-            )
-        )
-    # accuracy on the eval data
+        return Figure("speed-up", "not measured", "run ptsq bench FP32_MODEL ARTIFACT --json > bench.json, "
+                      "then ptsq report ARTIFACT --bench bench.json")  # fmt: skip
+    return None
+
+
+def _artifact_figures(report: Report, art: Artifact) -> list[Figure]:
+    """Size, the self-check's verdict, an accuracy budget's verdict, and where the layers run."""
+    fp32, what = _fp32_size(report)
+    if fp32:
+        size = Figure("size", f"{fp32 / art.bytes:.2f}x smaller",
+                      f"{what} {fmt_bytes(fp32)} → int8 {fmt_bytes(art.bytes)} ({art.label})")  # fmt: skip
+    else:
+        size = Figure("size", fmt_bytes(art.bytes), f"int8 artifact {art.label} (fp32 size not given)")
+    chk = art.manifest.get("check") or {}
+    value, detail = _check_text(chk, str(art.manifest.get("mode")))
+    figs = [size, Figure("fidelity (self-check)", value, detail, {True: "good", False: "poor"}.get(chk.get("passed")))]
+    budget = art.manifest.get("budget")
+    if isinstance(budget, dict) and "met" in budget:
+        kept = budget.get("fp32_layers") or []
+        figs.append(Figure("accuracy budget", "met" if budget["met"] else "NOT met",
+                           f"{budget.get('budget')}; {len(kept)} layer(s) kept fp32 for it",
+                           "good" if budget["met"] else "poor"))  # fmt: skip
+    c = art.counts
+    figs.append(Figure("layers", f"{c['int8']} int8 / {c['fp32']} fp32",
+                       f"{art.engine} engine, {art.manifest.get('mode', 'static')} mode, {art.runtime}"))  # fmt: skip
+    return figs
+
+
+def _eval_figures(report: Report, art: Artifact | None) -> list[Figure]:
+    """Accuracy and agreement from ptsq eval: the artifact (or the first candidate) against the reference."""
     ev = report.eval or {}
     models = ev.get("models", [])
-    if models:
-        ref = models[0]
-        cand = next((m for m in models[1:] if art and m["label"] == art.label), models[1] if len(models) > 1 else None)
-        n = ev.get("data", {}).get("images", "?")
-        if ref.get("top1") is not None and cand is not None and cand.get("top1") is not None:
-            drop = 100 * (cand["top1"] - ref["top1"])
-            figs.append(Figure(
-                "top-1 accuracy", f"{ref['top1']:.3f} → {cand['top1']:.3f}",
-                f"{short(ref['label'])} vs {short(cand['label'])} on {n} labelled images ({drop:+.1f} points)",
-                "good" if drop >= -1.0 else "poor",
-            ))  # fmt: skip
-        if cand is not None and (cand.get("fidelity") or {}).get("top1_agreement") is not None:
-            f = cand["fidelity"]
-            figs.append(Figure("top-1 agreement with fp32", f"{f['top1_agreement']:.3f}",
-                               f"{short(cand['label'])} vs {short(ref['label'])} on {n} images; SQNR "
-                               f"{fmt(f.get('sqnr_db'), '.1f')} dB",
-                               None))  # fmt: skip
+    if len(models) < 2:
+        return []
+    ref = models[0]
+    cand = next((m for m in models[1:] if art and m["label"] == art.label), models[1])
+    n = ev.get("data", {}).get("images", "?")
+    figs = []
+    if ref.get("top1") is not None and cand.get("top1") is not None:
+        drop = 100 * (cand["top1"] - ref["top1"])
+        figs.append(Figure("top-1 accuracy", f"{ref['top1']:.3f} → {cand['top1']:.3f}",
+                           f"{short(ref['label'])} vs {short(cand['label'])} on {n} labelled images "
+                           f"({drop:+.1f} points)"))  # fmt: skip
+    f = cand.get("fidelity") or {}
+    if f.get("top1_agreement") is not None:
+        figs.append(Figure("top-1 agreement with fp32", f"{f['top1_agreement']:.3f}",
+                           f"{short(cand['label'])} vs {short(ref['label'])} on {n} images; SQNR "
+                           f"{fmt(f.get('sqnr_db'), '.1f')} dB"))  # fmt: skip
+    return figs
+
+
+def headline(report: Report) -> list[Figure]:
+    """The figures a person deciding whether to ship wants first, each with the evidence behind it."""
+    art = report.artifacts[0] if report.artifacts else None
+    speed = _speed_figure(report, art)
+    figs = [speed] if speed else []
+    if art:
+        figs += _artifact_figures(report, art)
+    figs += _eval_figures(report, art)
     an = report.analyze
     if an and not art:
-        figs.append(
-            Figure(
-                "all-int8 output SQNR",
-                f"{fmt(an.get('baseline_sqnr_db'), '.1f')} dB",
-                f"on {an.get('samples')} held-back calibration samples (ptsq analyze)",
-                None,
-            )
-        )
+        figs.append(Figure("all-int8 output SQNR", f"{fmt(an.get('baseline_sqnr_db'), '.1f')} dB",
+                           f"on {an.get('samples')} held-back calibration samples (ptsq analyze)"))  # fmt: skip
         keep = an.get("keep_fp32") or []
-        figs.append(Figure("layers to keep fp32", str(len(keep)), ", ".join(keep) or "none gains enough", None))
+        figs.append(Figure("layers to keep fp32", str(len(keep)), ", ".join(keep) or "none gains enough"))
     return figs
 
 
@@ -404,92 +402,6 @@ def environment_rows(report: Report) -> list[tuple[str, str]]:
     return rows
 
 
-# --------------------------------------------------------------------------------------- reproduce
-def _q(v: Any) -> str:
-    return shlex.quote(str(v))
-
-
-def quantize_command(a: Artifact) -> str | None:
-    """The ``ptsq quantize`` command that rebuilds ``a`` (with the config file from :func:`config_json`)."""
-    m = a.manifest
-    spec = (m.get("model") or {}).get("spec")
-    if not spec:
-        return None
-    cal, cfg, pre = m.get("calibration") or {}, m.get("config") or {}, m.get("preprocess") or {}
-    mode = m.get("mode", "static")
-    parts = ["ptsq quantize", _q(spec)]
-    if (m.get("model") or {}).get("weights_sha256"):
-        parts.append("--weights WEIGHTS.pth")
-    src = cal.get("source") if mode == "static" else cal.get("check_source")
-    if src:
-        parts += ["--calib", _q(src)]
-    if mode == "static":
-        if cal.get("requested"):
-            parts += ["--num-calib", str(cal["requested"])]
-        if cal.get("batch_size"):
-            parts += ["--batch-size", str(cal["batch_size"])]
-    if mode == "qat" and cal.get("train_source"):
-        parts += ["--train-data", _q(cal["train_source"])]
-        tr = m.get("training") or {}
-        parts += ["--epochs", str(len(tr.get("epochs") or []) or 1)] + (["--lr", str(tr["lr"])] if tr.get("lr") else [])
-    parts += ["--mode", mode, "--engine", str(cfg.get("engine", a.engine)), "--seed", str(cfg.get("seed", 0))]
-    if pre:
-        size = pre.get("size") or []
-        parts += ["--input-size", "x".join(map(str, size)), "--scale", f"{pre.get('scale'):.10g}",
-                  "--mean", ",".join(f"{v:g}" for v in pre.get("mean", [])),
-                  "--std", ",".join(f"{v:g}" for v in pre.get("std", [])),
-                  "--channels", str(pre.get("channels")), "--crop-pct", f"{pre.get('crop_pct'):g}"]  # fmt: skip
-    parts += ["--config", "quant_config.json", "-o", _q(a.label)]
-    return " ".join(parts)
-
-
-def config_json(a: Artifact) -> str:
-    import json
-
-    return json.dumps(a.manifest.get("config") or {}, indent=1, sort_keys=True)
-
-
-def commands(report: Report) -> list[tuple[str, str]]:
-    """(what, command) pairs: every command whose output this report shows."""
-    out: list[tuple[str, str]] = []
-    for a in report.artifacts:
-        cmd = quantize_command(a)
-        if cmd:
-            note = ""
-            if a.manifest.get("auto"):
-                note = f" (--engine auto chose {a.engine}; use --engine auto to compare again)"
-            out.append((f"rebuild {a.label}{note}", cmd))
-        else:
-            out.append((f"rebuild {a.label}", "# made from Python (ptsq.quantize): the config below is its recipe"))
-    timings = (report.bench or {}).get("timings", [])
-    if timings:
-        labels = list(dict.fromkeys(t["label"] for t in timings))
-        threads = ",".join(str(t) for t in dict.fromkeys(t["threads"] for t in timings))
-        batches = ",".join(str(b) for b in dict.fromkeys(t["batch_size"] for t in timings))
-        runs = timings[0].get("runs", 50)
-        weights = " --weights WEIGHTS.pth" if any(t["kind"] == "fp32" for t in timings) else ""
-        out.append(("latency", f"ptsq bench {' '.join(_q(x) for x in labels)}{weights} --threads {threads} "
-                    f"--batch-size {batches} --runs {runs} --json > bench.json"))  # fmt: skip
-    if report.eval:
-        d = report.eval["data"]
-        labels = [m["label"] for m in report.eval["models"]]
-        lab = {"pattern": " --label-pattern PATTERN", "none": " --labels none"}.get(d.get("labels"), "")
-        out.append(("accuracy and fidelity", f"ptsq eval {' '.join(_q(x) for x in labels)} --data {_q(d['source'])}"
-                    f"{lab} --json > eval.json"))  # fmt: skip
-    if report.analyze:
-        an = report.analyze
-        opts = f" {an['options']}" if an.get("options") else ""
-        out.append(("sensitivity", f"ptsq analyze {_q(an.get('model', 'MODEL'))} --calib {_q(an.get('calib', 'DIR'))}"
-                    f"{opts} --json > analyze.json"))  # fmt: skip
-        if an.get("command"):
-            out.append(("the fix analyze recommends", an["command"]))
-    inputs = " ".join(_q(a.label) for a in report.artifacts)
-    extra = "".join(f" --{k} {k}.json" for k, v in (("bench", report.bench), ("eval", report.eval),
-                                                    ("analyze", report.analyze)) if v)  # fmt: skip
-    out.append(("this report", f"ptsq report {inputs}{extra} -o report.html".replace("  ", " ")))
-    return out
-
-
 def notes(report: Report) -> list[str]:
     out = []
     for a in report.artifacts:
@@ -500,8 +412,7 @@ def notes(report: Report) -> list[str]:
 
 
 __all__ = [
-    "SENSITIVITY_NOTE", "Artifact", "Figure", "Report", "build", "calibration_rows", "commands", "comparison",
-    "config_json",
+    "SENSITIVITY_NOTE", "Artifact", "Figure", "Report", "build", "calibration_rows", "comparison",
     "environment_rows", "fidelity_rows", "fmt", "fmt_bytes", "headline", "latency", "notes", "precision_rows",
-    "quantize_command", "sensitivity", "short",
+    "sensitivity", "short",
 ]  # fmt: skip
