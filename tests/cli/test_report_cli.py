@@ -102,8 +102,9 @@ def test_html_holds_every_section_with_the_commands_figures(inputs, tmp_path):
     assert "layer SQNR dB" in page.sections["sensitivity"]  # the column is explained
     # the recipe: the exact quantize options recorded in the manifest
     recipe = page.sections["reproduce"]
-    assert "ptsq quantize" in recipe and "--num-calib 16 --batch-size 4" in recipe and "--input-size 32x32" in recipe
-    assert '"speed_guard": 0.0' in recipe
+    assert "ptsq info small.pt --recipe > small.recipe.yaml" in recipe and "--config small.recipe.yaml" in recipe
+    assert "ptsq quantize" in recipe and "--input-size 32x32" in recipe  # preprocessing: not in the recipe file
+    assert "speed_guard: 0.0" in recipe and "num: 16" in recipe and "batch_size: 4" in recipe
     # self-contained: nothing to fetch, a policy that forbids fetching, no external style or script
     assert not [a for t, a in page.elements if a.get("src") or (t == "link" and a.get("rel") != "icon")]
     assert not re.findall(r"https?://(?!www\.w3\.org/2000/svg)", html)

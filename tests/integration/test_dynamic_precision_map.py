@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import ptsq
+from ptsq.config import QuantConfig
 
 
 class ConvLSTM(nn.Module):
@@ -28,7 +29,8 @@ class ConvLSTM(nn.Module):
 def test_every_weighted_layer_is_listed_with_why():
     torch.manual_seed(0)
     model = ConvLSTM().eval()
-    qm = ptsq.quantize_dynamic(model, example_inputs=(torch.randn(2, 8, 12),), min_cosine=None)
+    no_budget = QuantConfig(dynamic={"min_cosine": 0})
+    qm = ptsq.quantize_dynamic(model, example_inputs=(torch.randn(2, 8, 12),), config=no_budget)
     rows = {r["name"]: r for r in qm.manifest["precision"]}
     assert [r["name"] for r in qm.manifest["precision"]] == [
         n for n, _ in model.named_modules() if n in rows

@@ -20,13 +20,13 @@ from tests.cli.conftest import run_cli
 from tests.models import SmallNet, randomize_bn
 
 FAST = ("fx", "onnx", "openvino")  # pt2e (torch.export + inductor) takes longer: the slow test covers it
-EXTRA = {"pt2e": {"pt2e_compile": False}}
+EXTRA = {"pt2e": {"pt2e": {"compile": False}}}  # info and report need no compiled program
 
 
 def _build(engine: str, folder: Path) -> Path:
     g = torch.Generator().manual_seed(0)
     calib = [torch.randn(4, 3, 32, 32, generator=g) for _ in range(4)]
-    config = QuantConfig(engine=engine, speed_guard=0, extra=EXTRA.get(engine, {}))
+    config = QuantConfig(engine=engine, speed_guard=0, **EXTRA.get(engine, {}))
     qm = ptsq.quantize(randomize_bn(SmallNet()).eval(), calib, config=config, progress=False)
     return qm.save(folder / f"small{artifact_suffixes()[engine]}")
 
@@ -118,7 +118,7 @@ def test_pt2e_and_auto_artifacts(tmp_path):
     assert y.shape == (1, 10)
     g = torch.Generator().manual_seed(0)
     calib = [torch.randn(4, 3, 32, 32, generator=g) for _ in range(4)]
-    config = QuantConfig(engine="auto", speed_guard=0, extra={"auto_engines": ["fx", "onnx"], "auto_runs": 5})
+    config = QuantConfig(engine="auto", speed_guard=0, auto={"engines": ("fx", "onnx"), "runs": 5})
     auto = ptsq.quantize(randomize_bn(SmallNet()).eval(), calib, config=config, progress=False)
     out = auto.save(tmp_path / "auto.bin")
     m = read_manifest(out)

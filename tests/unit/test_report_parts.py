@@ -91,7 +91,9 @@ def test_read_manifest_from_each_container(tmp_path):
 
 
 def test_reader_constants_are_the_engines_own():
-    from ptsq.engines import fx, onnx, openvino, pt2e
+    from ptsq.engines import openvino, pt2e
+    from ptsq.engines.fx import engine as fx
+    from ptsq.engines.onnx import export as onnx
 
     assert ZIP_SUFFIX.endswith("/" + fx.MANIFEST_NAME) and ZIP_SUFFIX.endswith("/" + pt2e.MANIFEST_NAME)
     assert OPENVINO_ENTRY == openvino.MANIFEST_ENTRY and ONNX_KEY == onnx.MANIFEST_KEY

@@ -63,6 +63,7 @@ def analyze_cmd(
     from ptsq.errors import ConfigError
     from ptsq.models import load_model
 
+    params = dict(locals())
     out = Output(json_mode=json_out, quiet=quiet)
     if top < 0:
         raise ConfigError(f"--top {top} must be at least 0", "e.g. --top 3")
@@ -79,14 +80,7 @@ def analyze_cmd(
     )
     report = analyze(loaded.model, images, config=config, top=top, min_gain_db=min_gain, progress=out.progress)
     data: dict[str, Any] = {"model": model, "calib": calib, **report.to_dict()}
-    # every option that shaped this analysis, so the quantized model is the one analysed plus the fp32 layers
-    given = [("--weights", weights), ("--backend", None if backend == "auto" else backend), ("--preset", preset_name),
-             ("--input-size", input_size), ("--mean", mean), ("--std", std), ("--scale", scale),
-             ("--channels", channels), ("--crop-pct", crop_pct), ("--num-calib", num_calib),
-             ("--batch-size", batch_size), ("--seed", seed), ("--speed-guard", speed_guard),
-             ("--observer", observer), ("--cleanup", cleanup), ("--config", config_file)]  # fmt: skip
-    given += [("--no-cleanup", step) for step in no_cleanup or ()] + [("--skip", str(r)) for r in config.skip]
-    flags = " ".join(f"{k} {shlex.quote(str(v))}" for k, v in given if v is not None)
+    flags = _given_flags(ctx, {**params, **params["pre"]})  # every option that shaped this analysis
     data["options"] = flags  # lets a report rebuild this very analyze command
     data["command"] = (
         f"ptsq quantize {shlex.quote(model)} --calib {shlex.quote(calib)} {flags} -o OUT.pt {report.skip_options()}"
@@ -99,6 +93,27 @@ def analyze_cmd(
         data["plot"] = str(plot_sensitivity(report, plot))
     _report.write(out, report_path, data, analyze=data)
     out.result(data, render)
+
+
+# the options a recommended quantize command repeats (the preprocessing ones arrive in **pre)
+RECIPE_PARAMS = {"weights", "trust_pickle", "backend", "num_calib", "batch_size", "seed", "skip", "speed_guard",
+                 "observer", "cleanup", "no_cleanup", "config_file", *o.PREPROCESS_OPTIONS}  # fmt: skip
+
+
+def _given_flags(ctx: typer.Context, values: dict[str, Any]) -> str:
+    """The recipe options given on this command line, as flags: the quantize command it recommends (and a
+    report's analyze command) then build exactly the model analysed, recipe file included."""
+    out = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name or "")
+        if param.name not in RECIPE_PARAMS or source is None or source.name not in ("COMMANDLINE", "ENVIRONMENT"):
+            continue
+        flag, value = max(param.opts, key=len), values.get(param.name or "")
+        if isinstance(value, bool):
+            out += [flag] if value else []
+        else:
+            out += [f"{flag} {shlex.quote(str(v))}" for v in (value if isinstance(value, (list, tuple)) else [value])]
+    return " ".join(out)
 
 
 COLUMNS = (

@@ -218,8 +218,8 @@ def _reproduce(report: rm.Report) -> str:
         parts.append(f"<h3>{_e(what)}</h3><pre>{_e(cmd)}</pre>")
     for a in report.artifacts:
         sha = (a.manifest.get("model") or {}).get("weights_sha256")
-        parts.append(f"<details><summary>quant_config.json for {_e(a.label)} (the QuantConfig recorded in its "
-                     f"manifest)</summary><pre>{_e(recipe.config_json(a))}</pre></details>")  # fmt: skip
+        parts.append(f"<details><summary>{_e(recipe.recipe_file(a))}: the recipe recorded in {_e(a.label)}'s "
+                     f"manifest</summary><pre>{_e(recipe.recipe_text(a))}</pre></details>")  # fmt: skip
         if sha:
             parts.append(f'<p class="muted">WEIGHTS.pth for {_e(a.label)}: the file with sha256 {_e(sha)}.</p>')
     parts.append("</section>")

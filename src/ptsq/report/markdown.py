@@ -86,8 +86,8 @@ def render_markdown(report: rm.Report) -> str:
     for what, cmd in recipe.commands(report):
         lines += [f"{what}:", "", "```bash", cmd, "```", ""]
     for a in report.artifacts:
-        lines += [f"<details><summary>quant_config.json for {a.label}</summary>", "", "```json", recipe.config_json(a),
-                  "```", "", "</details>", ""]  # fmt: skip
+        lines += [f"<details><summary>{recipe.recipe_file(a)}: the recipe recorded in {a.label}</summary>", "",
+                  "```yaml", recipe.recipe_text(a), "```", "", "</details>", ""]  # fmt: skip
     notes = rm.notes(report)
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]

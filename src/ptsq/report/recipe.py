@@ -14,13 +14,22 @@ def _q(v: Any) -> str:
     return shlex.quote(str(v))
 
 
+def recipe_file(a: Artifact) -> str:
+    """The name the recipe of ``a`` is saved under in the reproduce commands."""
+    return f"{a.label.rsplit('.', 1)[0]}.recipe.yaml"
+
+
 def quantize_command(a: Artifact) -> str | None:
-    """The ``ptsq quantize`` command that rebuilds ``a`` (with the config file from :func:`config_json`)."""
+    """The ``ptsq quantize`` command that rebuilds ``a`` from its recipe file (see :func:`recipe_text`).
+
+    The recipe holds engine, mode, calibration subset, seed and every engine option; the command adds what
+    it does not: the model, its weights, the data and the preprocessing (exact values from the manifest).
+    """
     m = a.manifest
     spec = (m.get("model") or {}).get("spec")
     if not spec:
         return None
-    cal, cfg, pre = m.get("calibration") or {}, m.get("config") or {}, m.get("preprocess") or {}
+    cal, pre = m.get("calibration") or {}, m.get("preprocess") or {}
     mode = m.get("mode", "static")
     parts = ["ptsq quantize", _q(spec)]
     if (m.get("model") or {}).get("weights_sha256"):
@@ -28,28 +37,28 @@ def quantize_command(a: Artifact) -> str | None:
     src = cal.get("source") if mode == "static" else cal.get("check_source")
     if src:
         parts += ["--calib", _q(src)]
-    if mode == "static":
-        if cal.get("requested"):
-            parts += ["--num-calib", str(cal["requested"])]
-        if cal.get("batch_size"):
-            parts += ["--batch-size", str(cal["batch_size"])]
     if mode == "qat" and cal.get("train_source"):
         parts += ["--train-data", _q(cal["train_source"])]
-        tr = m.get("training") or {}
-        parts += ["--epochs", str(len(tr.get("epochs") or []) or 1)] + (["--lr", str(tr["lr"])] if tr.get("lr") else [])
-    parts += ["--mode", mode, "--engine", str(cfg.get("engine", a.engine)), "--seed", str(cfg.get("seed", 0))]
     if pre:
         size = pre.get("size") or []
         parts += ["--input-size", "x".join(map(str, size)), "--scale", f"{pre.get('scale'):.10g}",
                   "--mean", ",".join(f"{v:g}" for v in pre.get("mean", [])),
                   "--std", ",".join(f"{v:g}" for v in pre.get("std", [])),
                   "--channels", str(pre.get("channels")), "--crop-pct", f"{pre.get('crop_pct'):g}"]  # fmt: skip
-    parts += ["--config", "quant_config.json", "-o", _q(a.label)]
+    parts += ["--config", _q(recipe_file(a)), "-o", _q(a.label)]
     return " ".join(parts)
 
 
-def config_json(a: Artifact) -> str:
-    return json.dumps(a.manifest.get("config") or {}, indent=1, sort_keys=True)
+def recipe_text(a: Artifact) -> str:
+    """The QuantConfig recorded in the manifest as a recipe file (what ``ptsq info ARTIFACT --recipe`` prints)."""
+    from ptsq.config import QuantConfig
+    from ptsq.errors import PtsqError
+
+    raw = a.manifest.get("config") or {}
+    try:
+        return QuantConfig.from_dict(raw).to_yaml()  # older manifests' configs are read and upgraded
+    except (PtsqError, TypeError, ValueError):  # e.g. an engine this ptsq does not know: show it as recorded
+        return json.dumps(raw, indent=1, sort_keys=True)
 
 
 def commands(report: Report) -> list[tuple[str, str]]:
@@ -58,6 +67,7 @@ def commands(report: Report) -> list[tuple[str, str]]:
     for a in report.artifacts:
         cmd = quantize_command(a)
         if cmd:
+            cmd = f"ptsq info {_q(a.label)} --recipe > {_q(recipe_file(a))}\n{cmd}"
             note = ""
             if a.manifest.get("auto"):
                 note = f" (--engine auto chose {a.engine}; use --engine auto to compare again)"
@@ -93,4 +103,4 @@ def commands(report: Report) -> list[tuple[str, str]]:
     return out
 
 
-__all__ = ["commands", "config_json", "quantize_command"]
+__all__ = ["commands", "quantize_command", "recipe_file", "recipe_text"]
