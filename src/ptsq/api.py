@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ptsq import select
-from ptsq.calibration import as_args, first_sample
+from ptsq.calibration import as_args, example_from_batch
 from ptsq.config import QuantConfig
 from ptsq.data.preprocess import Preprocess
 from ptsq.errors import ConfigError, DataError, QuantizationWarning
@@ -44,12 +44,13 @@ def _run_mode(
     transform: Callable[[Any], Any] | None,
     preprocess: Preprocess | None,
     source: dict[str, Any] | None,
+    labelled: bool | None = None,
 ) -> QuantizedModel:
     if config.mode == "dynamic":
         from ptsq.modes.dynamic import quantize_dynamic
 
         batches = None if data is None else [transform(b) if transform else b for b in data]
-        return quantize_dynamic(model, batches, config, example_inputs=example_inputs, source=source)
+        return quantize_dynamic(model, batches, config, example_inputs=example_inputs, source=source, labelled=labelled)
     if config.mode == "qat":
         from ptsq.modes.qat import quantize_qat
 
@@ -62,7 +63,7 @@ def _run_mode(
         raise DataError("static quantization needs calibration data", "pass batches of inputs (CLI: --calib)")
     return quantize_static(
         model, data, config, example_inputs=example_inputs, progress=progress, transform=transform,
-        preprocess=preprocess, source=source,
+        preprocess=preprocess, source=source, labelled=labelled,
     )  # fmt: skip
 
 
@@ -77,18 +78,21 @@ def quantize(
     preprocess: Preprocess | None = None,
     source: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    labelled: bool | None = None,
 ) -> QuantizedModel:
     """Quantize ``model`` to int8 as ``config`` says (default: static PTQ on the FX engine), checked against fp32.
 
     ``data`` is any iterable of batches: tensors, tuples of tensors, a DataLoader's ``(inputs, labels)``,
-    or dicts of named inputs; ``transform`` maps a batch to model inputs. In static mode the last batches
-    are held back for the self-check (``summary()["check"]``). The input model is never modified.
+    or dicts of named inputs; ``transform`` maps a batch to model inputs. Batches are taken as given: a
+    pair is ``(inputs, labels)`` only when ``forward`` takes one input or ``labelled=True``. In static mode
+    the last batches are held back for the self-check (``summary()["check"]``). The input model is never
+    modified.
     ``log`` receives one-line progress notes (e.g. which engine ``auto`` is trying).
     """
     _check_model(model)
     config = config or QuantConfig()
     kw = dict(example_inputs=example_inputs, progress=progress, transform=transform, preprocess=preprocess,
-              source=source)  # fmt: skip
+              source=source, labelled=labelled)  # fmt: skip
     if config.engine != "auto":
         return _run_mode(model, data, config, **kw)
     if config.mode == "qat":
@@ -99,15 +103,15 @@ def quantize(
             "pass a list of tensors, a DataLoader, or ptsq.data.CalibrationImages(folder, preprocess)",
         )
     # every engine sees the same batches (so every self-check runs on the same held-back data)
-    batches = None if data is None else [as_args(transform(b) if transform else b) for b in data]
+    batches = None if data is None else [as_args(transform(b) if transform else b, model, labelled) for b in data]
     if batches is not None and not batches:
         raise DataError("the calibration data is empty", "give at least one batch of inputs")
-    kw["transform"] = None
+    kw["transform"], kw["labelled"] = None, False  # labels are gone from these batches
     dynamic = config.mode == "dynamic"
     names = select.engines_to_try(config, DYNAMIC_ENGINES if dynamic else None)
     example = example_inputs if example_inputs is not None else (batches[0] if dynamic and batches else None)
     if example is None:
-        example = first_sample(batches[0]) if batches else model.example_inputs()  # type: ignore[operator]
+        example = example_from_batch(model, batches[0])[0] if batches else model.example_inputs()  # type: ignore[operator]
     example = tuple(example) if isinstance(example, (tuple, list)) else (example,)
     return select.choose(
         names, lambda name: _run_mode(model, batches, config.replace(engine=name), **kw), fp32=model,

@@ -1,10 +1,18 @@
 """Feed calibration batches to an observed model, holding a few back for the self-check.
 
 Accepts any iterable of batches: a tensor, a tuple/list of positional inputs, a DataLoader's
-``(inputs, labels)`` pair (the integer labels are dropped), or a dict. A dict whose keys name
-parameters of the model's ``forward`` is passed as keyword inputs (through :class:`KeywordInputs`,
-which takes them positionally in the order of the first batch's keys, as FX needs); any other dict
-is passed as one positional argument. Batches are streamed, never collected.
+``(inputs, labels)`` pair, or a dict. Batches are taken as given: a pair is ``(inputs, labels)`` (and
+the labels are dropped) only when the model's ``forward`` takes one positional input, or when the
+caller says so (``labelled=True``); never because its second tensor happens to hold integers. A dict
+whose keys name parameters of the model's ``forward`` is passed as keyword inputs (through
+:class:`KeywordInputs`, which takes them positionally in the order of the first batch's keys, as FX
+needs); any other dict is passed as one positional argument. Batches are streamed, never collected.
+
+The *example* (what tracing, the speed guard and the manifest's input spec use) is one sample of the
+first batch when that is a faithful sample: every input tensor shares the leading (batch) size and
+the model runs on a single sample. Otherwise -- ``forward`` splits or pairs up the batch, or the
+inputs have no common batch dimension (``EmbeddingBag`` indices and offsets) -- it is the whole first
+batch, as given (:func:`example_from_batch`).
 """
 
 from __future__ import annotations
@@ -18,27 +26,43 @@ import torch
 from torch import nn
 from torch.utils._pytree import keystr, tree_flatten_with_path
 
-from ptsq.errors import DataError
+from ptsq.errors import DataError, InputShapeError, first_line
 
 Transform = Callable[[Any], Any]
 
 
-def as_args(batch: Any) -> tuple[Any, ...]:
-    """Turn one calibration batch into positional model inputs."""
+def positional_arity(model: nn.Module) -> int | None:
+    """How many positional inputs ``model.forward`` takes at most; None when it takes ``*args`` or is opaque."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return None
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
+def is_labelled(batch: Any, model: nn.Module | None = None, labelled: bool | None = None) -> bool:
+    """Whether ``batch`` is an ``(inputs, labels)`` pair: said so explicitly, or a pair given to a
+    ``forward`` that takes one positional input (a labelled DataLoader fed to a classifier)."""
+    if not isinstance(batch, (list, tuple)) or len(batch) != 2:
+        return False
+    if labelled is not None:
+        return labelled
+    return model is not None and positional_arity(model) == 1
+
+
+def as_args(batch: Any, model: nn.Module | None = None, labelled: bool | None = None) -> tuple[Any, ...]:
+    """Turn one calibration batch into positional model inputs (labels dropped, see :func:`is_labelled`)."""
     if isinstance(batch, torch.Tensor):
         return (batch,)
     if isinstance(batch, dict):
         return (batch,)  # one dict argument, or keyword inputs: see keyword_inputs()
     if isinstance(batch, (list, tuple)):
-        items = tuple(batch)
-        if (
-            len(items) == 2
-            and isinstance(items[1], torch.Tensor)
-            and not items[1].is_floating_point()
-            and items[1].dim() <= 1
-        ):
-            return (items[0],)  # (inputs, labels) from a labelled DataLoader
-        return items
+        if is_labelled(batch, model, labelled):
+            inputs = batch[0]
+            return (inputs,) if model is not None and positional_arity(model) == 1 else as_args(inputs)
+        return tuple(batch)
     raise DataError(
         f"a calibration batch is a {type(batch).__name__}, not a tensor or a tuple of tensors",
         "yield tensors (N, C, H, W) from the calibration iterable, or pass a transform",
@@ -102,6 +126,36 @@ def adapt_keywords(model: nn.Module, stream: CalibrationStream) -> nn.Module:
     return _keyword_class(names)(model, names).eval()
 
 
+def as_positional(
+    model: nn.Module, batches: list[Any], labelled: bool | None = None
+) -> tuple[nn.Module, list[tuple[Any, ...]], tuple[str, ...] | None]:
+    """(model to call, each batch as positional inputs, keyword names or None) for collected batches.
+
+    Dict batches naming ``forward`` parameters become positional: in ``forward``'s own order when the
+    keys are its leading parameters (no wrapper needed), else through :class:`KeywordInputs`.
+    """
+    args = [as_args(b, model, labelled) for b in batches]
+    names = keyword_inputs(model, args[0]) if args else None
+    if names is None:
+        return model, args, None
+    params = list(inspect.signature(model.forward).parameters)
+    ordered = tuple(params[: len(names)])
+    if set(ordered) == set(names):
+        names, runner = ordered, model
+    else:
+        runner = _keyword_class(names)(model, names).eval()
+    out = []
+    for i, a in enumerate(args):
+        if len(a) != 1 or not isinstance(a[0], dict) or set(a[0]) != set(names):
+            raise DataError(
+                f"batch {i} has inputs {sorted(a[0]) if isinstance(a[0], dict) else type(a[0]).__name__}, "
+                f"the first had {sorted(names)}",
+                "give every batch the same keyword inputs",
+            )
+        out.append(tuple(a[0][n] for n in names))
+    return runner, out, names
+
+
 def describe_inputs(args: tuple[Any, ...], names: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     """Every tensor in the inputs (nested tuples/lists/dicts too): its path, shape and dtype."""
     out = []
@@ -139,6 +193,71 @@ def first_sample(args: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(one(a) for a in args)
 
 
+def _leading_sizes(args: tuple[Any, ...]) -> set[int]:
+    """Leading sizes of the input tensors a batch would be sliced along (see :func:`first_sample`)."""
+    sizes: set[int] = set()
+
+    def visit(a: Any) -> None:
+        if isinstance(a, torch.Tensor):
+            sizes.add(int(a.shape[0]) if a.dim() else -1)
+        elif isinstance(a, dict):
+            for v in a.values():
+                visit(v)
+
+    for a in args:
+        visit(a)
+    return sizes
+
+
+def _runs(model: nn.Module, args: tuple[Any, ...]) -> str | None:
+    """None if ``model`` accepts ``args``, else the first line of its error."""
+    try:
+        with torch.inference_mode():
+            model(*args)
+    except Exception as exc:  # the model's own error is what the user needs to see
+        return first_line(exc)
+    return None
+
+
+def example_from_batch(model: nn.Module, batch: tuple[Any, ...]) -> tuple[tuple[Any, ...], str | None]:
+    """The example inputs taken from the first batch, and a note when it is the whole batch.
+
+    One sample when every input tensor shares a leading batch size above 1 and the model accepts one
+    sample; the whole batch otherwise. Raises :class:`InputShapeError` if the model rejects the batch.
+    """
+    sizes = _leading_sizes(batch)
+    one_error = None
+    if len(sizes) == 1 and next(iter(sizes)) > 1:
+        one = first_sample(batch)
+        one_error = _runs(model, one)
+        if one_error is None:
+            return one, None
+        why = "the model rejects a single sample (its forward needs the batch)"
+    elif len(sizes) > 1:
+        why = "its inputs have no common leading batch size"
+    else:
+        why = ""
+    error = _runs(model, batch)
+    if error is not None:  # report what a single sample got: the usual case is a wrong shape, not the batch
+        shown, error = (first_sample(batch), one_error) if one_error is not None else (batch, error)
+        raise InputShapeError(
+            f"the model rejects inputs of shape {describe_args(shown)}: {error}",
+            "give inputs the model accepts (--calib FILE with its tensors, --tokenizer for text, "
+            "--input-size or --preset/--channels for images)",
+        )
+    n = f" ({batch_size(batch)} samples)" if len(sizes) == 1 else ""
+    note = f"example inputs: the whole first batch{n}, as {why}" if why else None
+    return batch, note
+
+
+def describe_args(args: tuple[Any, ...]) -> str:
+    """``(1, 3, 8, 8) float32, (4,) int64`` for error messages (nested structures by type name)."""
+    return ", ".join(
+        f"{tuple(a.shape)} {str(a.dtype).replace('torch.', '')}" if isinstance(a, torch.Tensor) else type(a).__name__
+        for a in args
+    )
+
+
 class CalibrationStream:
     """Iterate batches once: peek the first, calibrate on all but the last ``hold_back``."""
 
@@ -149,6 +268,8 @@ class CalibrationStream:
         transform: Transform | None = None,
         hold_back: int = 2,
         progress: Callable[[int], None] | None = None,
+        model: nn.Module | None = None,
+        labelled: bool | None = None,
     ) -> None:
         if isinstance(source, (torch.Tensor, str, bytes)):
             raise DataError(
@@ -164,6 +285,8 @@ class CalibrationStream:
             ) from None
         self._transform = transform
         self._progress = progress
+        self._model = model
+        self._labelled = labelled
         self._keywords: tuple[str, ...] | None = None
         try:
             n = len(source)  # type: ignore[arg-type]
@@ -187,7 +310,7 @@ class CalibrationStream:
             batch = next(self._it)
         except StopIteration:
             return None
-        args = as_args(self._transform(batch) if self._transform else batch)
+        args = as_args(self._transform(batch) if self._transform else batch, self._model, self._labelled)
         check_finite(args, self._index)
         self._index += 1
         return self._positional(args) if self._keywords else args

@@ -37,6 +37,7 @@ _METADATA = ("ndim", "shape", "dtype", "device")
 
 _CONV_FUNCS = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, torch.conv1d: nn.Conv1d, torch.conv2d: nn.Conv2d}
 _LINEAR_FUNCS = {F.linear, torch._C._nn.linear}
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def _arg(node: fx.Node, i: int, name: str, default: Any) -> Any:
@@ -77,10 +78,37 @@ def _evict_children(gm: fx.GraphModule, owner: str) -> None:
                 node.target = new_prefix + t[len(old_prefix) :]
 
 
-def _place(gm: fx.GraphModule, owner: str, new: nn.Module) -> str:
-    """Install ``new`` at ``owner`` if that is a plain attribute holder, else beside it."""
+def _resolves_on(new: nn.Module, path: str) -> bool:
+    obj: Any = new
+    for part in path.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
+
+
+def _holder_still_read(gm: fx.GraphModule, owner: str, new: nn.Module, leaving: set[fx.Node]) -> bool:
+    """Whether the graph reads an attribute of ``owner`` that ``new`` does not have (a plain tensor
+    attribute ``self.w`` read by the op being replaced is named ``w``, not ``weight``; another op may
+    read the same holder). Nodes in ``leaving`` are about to be erased."""
+    prefix = owner + "."
+    for n in gm.graph.nodes:
+        if n in leaving or n.op != "get_attr" or not str(n.target).startswith(prefix):
+            continue
+        if not _resolves_on(new, str(n.target)[len(prefix) :]):
+            return True
+    return False
+
+
+def _place(gm: fx.GraphModule, owner: str, new: nn.Module, leaving: set[fx.Node] = frozenset()) -> str:  # type: ignore[assignment]
+    """Install ``new`` at ``owner`` if that is a plain attribute holder nothing else reads, else beside it."""
     old = gm.get_submodule(owner) if owner else None
-    if owner and old is not None and type(old) is nn.Module:  # an attribute holder made by GraphModule
+    if (
+        owner
+        and old is not None
+        and type(old) is nn.Module  # an attribute holder made by GraphModule
+        and not _holder_still_read(gm, owner, new, leaving)
+    ):
         _evict_children(gm, owner)
         parent, _, leaf = owner.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, leaf, new)
@@ -121,12 +149,17 @@ def _conv_modules(gm: fx.GraphModule) -> int:
             mod.weight.copy_(weight)
             if bias is not None:
                 mod.bias.copy_(bias)
-        owner = str(_arg(node, 1, "weight", None).target).rpartition(".")[0]
-        name = _place(gm, owner, mod.eval())
+        w_node = _arg(node, 1, "weight", None)
+        owner = str(w_node.target).rpartition(".")[0]
+        # the weight/bias reads go with the op unless another op reads them too
+        leaving = {a for a in (w_node, bias_node) if isinstance(a, fx.Node) and set(a.users) == {node}}
+        name = _place(gm, owner, mod.eval(), leaving)
         with gm.graph.inserting_before(node):
             new = gm.graph.call_module(name, (node.args[0],))
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
+        for a in leaving:
+            gm.graph.erase_node(a)
         count += 1
     return count
 
@@ -224,14 +257,16 @@ def _fold_bn(gm: fx.GraphModule) -> int:
             count += _fold_functional_bn(gm, node)
             continue
         bn = _module(gm, node)
-        if not isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) or not bn.track_running_stats:
+        if not isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) or not bn.track_running_stats:
             continue
         src = node.args[0]
         layer = _weighted(gm, src)
         if layer is None or _value_users(src) != 1:
             continue
-        if type(layer) in (nn.Conv1d, nn.Conv2d):
+        if type(layer) in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
             fused = fuse_conv_bn_eval(layer.eval(), bn.eval())
+        elif type(layer) in _TRANSPOSED:  # the BatchNorm scales the output channels, dim 1 of these weights
+            fused = fuse_conv_bn_eval(layer.eval(), bn.eval(), transpose=True)
         elif type(layer) is nn.Linear and isinstance(bn, nn.BatchNorm1d):
             fused = fuse_linear_bn_eval(layer.eval(), bn.eval())
         else:
@@ -278,7 +313,9 @@ def cleanup(model: nn.Module, steps: tuple[str, ...]) -> tuple[nn.Module, list[s
     wanted = [s for s in GRAPH_STEPS if s in steps]
     if not wanted:
         return model, []
-    gm = fx.GraphModule(model, LeafTracer().trace(model), class_name=type(model).__name__)
+    tracer = LeafTracer()
+    tracer.record_stack_traces = True  # the user's line for any op a later step keeps fp32
+    gm = fx.GraphModule(model, tracer.trace(model), class_name=type(model).__name__)
     notes = []
     done = {
         "conv-modules": ("functional convs/linears on fixed weights turned into modules", _conv_modules),

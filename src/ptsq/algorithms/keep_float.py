@@ -29,6 +29,8 @@ class KeepFloat(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
+            if name.startswith("__"):  # protocol hooks (copy's __deepcopy__) belong to the wrapper, not inner
+                raise
             return getattr(super().__getattr__("inner"), name)
 
 

@@ -196,7 +196,7 @@ def analyze(
     from ptsq.modes.static import quantize_static
 
     config = config or QuantConfig()
-    batches = [as_args(transform(b) if transform else b) for b in calibration]
+    batches = [as_args(transform(b) if transform else b, model) for b in calibration]
     if not batches:
         raise DataError("the calibration data is empty", "give a folder with at least one image")
     qm = quantize_static(model, batches, config, progress=progress)

@@ -42,12 +42,16 @@ NO_COMPILE_ENV = "PTSQ_PT2E_EAGER"  # =1: run loaded programs without inductor (
 
 # aten ops that compute (listed in the precision map); everything else moves data or is a q/dq pair
 _COMPUTE = {
-    "conv1d", "conv2d", "conv3d", "conv_transpose2d", "linear", "matmul", "bmm", "mm", "addmm",
-    "add", "add_", "mul", "relu", "relu_", "hardtanh", "hardtanh_", "prelu", "gelu", "silu", "sigmoid",
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "convolution",
+    "linear", "matmul", "bmm", "mm", "addmm", "embedding", "embedding_bag", "add", "add_", "mul", "relu", "relu_",
+    "hardtanh", "hardtanh_", "prelu", "gelu", "silu", "sigmoid",
     "hardswish", "tanh", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "mean", "cat", "layer_norm",
     "batch_norm", "_native_batch_norm_legit_no_training", "softmax", "leaky_relu", "elu", "hardsigmoid",
 }  # fmt: skip
-_WEIGHTED = {"conv1d", "conv2d", "conv3d", "conv_transpose2d", "linear", "matmul", "mm", "bmm", "addmm"}
+_WEIGHTED = {
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "convolution",
+    "linear", "matmul", "mm", "bmm", "addmm",
+}  # fmt: skip
 _FUSABLE = {"relu", "relu_", "hardtanh", "hardtanh_", "hardswish", "silu", "add", "add_"}
 _DQ = {"dequantize_per_tensor", "dequantize_per_channel", "dequantize_affine"}
 _Q = {"quantize_per_tensor", "quantize_affine"}

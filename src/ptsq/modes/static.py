@@ -11,33 +11,13 @@ from torch import nn
 
 from ptsq import manifest
 from ptsq.backends import activate, resolve_backend
-from ptsq.calibration import CalibrationStream, adapt_keywords, first_sample
+from ptsq.calibration import CalibrationStream, adapt_keywords, example_from_batch
 from ptsq.config import QuantConfig
 from ptsq.data.preprocess import Preprocess
 from ptsq.engines import get_engine
-from ptsq.errors import InputShapeError, first_line
 from ptsq.modes.check import self_check, warn_if_poor
 from ptsq.progress import task
 from ptsq.quantized import QuantizedModel
-
-
-def _describe_args(args: tuple[Any, ...]) -> str:
-    return ", ".join(
-        f"{tuple(a.shape)} {str(a.dtype).replace('torch.', '')}" if isinstance(a, torch.Tensor) else type(a).__name__
-        for a in args
-    )
-
-
-def check_model_accepts(model: nn.Module, args: tuple[Any, ...]) -> None:
-    """Run ``model`` once on ``args``; a failure is the user's inputs, said in one line."""
-    try:
-        with torch.inference_mode():
-            model(*args)
-    except Exception as exc:
-        raise InputShapeError(
-            f"the model rejects inputs of shape {_describe_args(args)}: {first_line(exc)}",
-            "give inputs the model accepts (--input-size, or the channel count via --preset/--channels)",
-        ) from None
 
 
 def _expected(calibration: Iterable[Any]) -> int | None:
@@ -57,9 +37,13 @@ def quantize_static(
     transform: Callable[[Any], Any] | None = None,
     preprocess: Preprocess | None = None,
     source: dict[str, Any] | None = None,
+    labelled: bool | None = None,
 ) -> QuantizedModel:
     """Calibrate on ``calibration`` (all but the last ``config.check_batches`` batches), convert with
-    ``config.engine``, then compare int8 with fp32 on the held-back batches. ``model`` is not modified."""
+    ``config.engine``, then compare int8 with fp32 on the held-back batches. ``model`` is not modified.
+
+    Batches are taken as given (``labelled``: see :func:`ptsq.calibration.is_labelled`); the example for
+    tracing is one sample of the first batch when the model accepts one, else the whole first batch."""
     backend = resolve_backend(config.backend)
     activate(backend)
     engine = get_engine(config.engine)
@@ -70,16 +54,26 @@ def quantize_static(
     try:
         with task("calibrating", _expected(calibration), progress) as update:
             stream = CalibrationStream(
-                calibration, transform=transform, hold_back=config.check_batches, progress=update
+                calibration,
+                transform=transform,
+                hold_back=config.check_batches,
+                progress=update,
+                model=model,
+                labelled=labelled,
             )
             runner = adapt_keywords(model, stream)  # dict batches naming forward parameters -> keywords
             names = getattr(runner, "names", None)
             if isinstance(example_inputs, dict) and names:
                 example_inputs = tuple(example_inputs[n] for n in names)
-            example = tuple(example_inputs) if example_inputs is not None else first_sample(stream.first)
-            check_model_accepts(runner, first_sample(stream.first))
+            example, example_note = example_from_batch(runner, stream.first)  # also: the model accepts the batch
+            if example_inputs is not None:
+                example, example_note = tuple(example_inputs), None
             result = engine.quantize(runner, lambda fn: stream.run(fn), example, config, backend)
-        check = self_check(runner, result, stream.held or [stream.first], config, in_sample=stream.in_sample_check)
+            if example_note:
+                result.notes.insert(0, example_note)
+        checks = stream.held or [stream.first]
+        result.debug["check_batches"] = checks  # saving proves the artifact against the int8 model on these
+        check = self_check(runner, result, checks, config, in_sample=stream.in_sample_check)
     finally:
         model.train(was_training)
     calibration_info = {
@@ -101,4 +95,4 @@ def quantize_static(
     return qm
 
 
-__all__ = ["check_model_accepts", "quantize_static"]
+__all__ = ["quantize_static"]

@@ -1,13 +1,16 @@
 """FX graph mode post-training static quantization on torch.ao.quantization.
 
-Capture (symbolic trace, untraceable parts kept fp32) -> clean-up -> prepare_fx with the backend's
-QConfigMapping -> calibrate -> convert_fx -> TorchScript artifact with the manifest inside.
+Capture (symbolic trace, untraceable parts kept fp32) -> rewrites FX would get wrong (``rewrites``) ->
+clean-up (steps that break the model left out, ``recover``) -> a rehearsal on the example that keeps
+failing ops fp32 (``recover``) -> prepare_fx with the backend's QConfigMapping -> calibrate -> convert_fx
+-> TorchScript artifact with the manifest inside, proven against the in-memory model (``save``).
 """
 
 from __future__ import annotations
 
 import copy
 import io
+import json
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -17,8 +20,9 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from ptsq import artifact
 from ptsq.algorithms.bias_correction import InputMeans, correct_biases
-from ptsq.algorithms.cleanup import clamp_ranges, cleanup
+from ptsq.algorithms.cleanup import clamp_ranges
 from ptsq.algorithms.keep_float import wrap_modules
 from ptsq.backends import activate, qconfig_name
 from ptsq.config import QuantConfig
@@ -29,6 +33,9 @@ from ptsq.engines.fx.capture import make_traceable
 from ptsq.engines.fx.fixed_inputs import free_fixed_inputs
 from ptsq.engines.fx.precision import precision_map
 from ptsq.engines.fx.qconfig import keep_fp32, qconfig_mapping
+from ptsq.engines.fx.recover import recover, safe_cleanup
+from ptsq.engines.fx.rewrites import functionalize
+from ptsq.engines.fx.save import to_torchscript
 from ptsq.engines.fx.speed import slow_layers
 from ptsq.errors import QuantizationError, TraceError
 from ptsq.reproducible import pin_serialization_id
@@ -36,15 +43,16 @@ from ptsq.reproducible import pin_serialization_id
 MANIFEST_NAME = "ptsq_manifest.json"
 
 
-def views_to_reshapes(gm: fx.GraphModule) -> None:
+def views_to_reshapes(gm: fx.GraphModule) -> int:
     """``x.view(n, -1)`` fails on the channels-last outputs of quantized convs; ``reshape`` copies then."""
-    changed = False
+    changed = 0
     for node in gm.graph.nodes:
         if node.op == "call_method" and node.target == "view":
             node.target = "reshape"
-            changed = True
+            changed += 1
     if changed:
         gm.recompile()
+    return changed
 
 
 def _resolves(model: nn.Module, name: str) -> bool:
@@ -80,7 +88,8 @@ def _calibrate_and_convert(
         prepared = prepare_fx(work, qmap, example_args, prepare_custom_config=custom)
     except Exception as exc:
         raise QuantizationError(f"prepare_fx failed: {exc}".splitlines()[0], "report this model to ptsq") from exc
-    views_to_reshapes(prepared)
+    if n := views_to_reshapes(prepared):
+        notes.append(f"{n} view(s) run as reshape (int8 tensors may be channels-last, where view fails)")
     if n := free_fixed_inputs(prepared, qmap.global_qconfig.activation):
         notes.append(f"{n} sigmoid/tanh input(s) after an fp32 layer observed over their real range")
     means = InputMeans(prepared) if "bias-correction" in config.cleanup else None
@@ -134,7 +143,9 @@ class FxEngine:
 
             with quiet():
                 return quantize_split(work, calibrate, example_args, config, backend, exc.failure, notes)  # type: ignore[attr-defined]
-        work, cleaned = cleanup(work, config.cleanup)
+        work, rewritten = functionalize(work, example_args)  # what FX would drop or wrongly observe
+        notes.extend(rewritten)
+        work, cleaned = safe_cleanup(work, config.cleanup, example_args)  # a step that breaks the model is left out
         notes.extend(cleaned)
         wrap_modules(work, {n: r for n, r in layers.items() if _resolves(work, n)})
         if config.speed_guard > 0:
@@ -142,7 +153,14 @@ class FxEngine:
             wrap_modules(work, slow)
             if slow:
                 notes.append(f"speed guard: {len(slow)} layer(s) kept in fp32, their int8 kernel is slower here")
+
+        def rehearsal(m: nn.Module, feed: Callable[[nn.Module], Any]) -> fx.GraphModule:
+            return _calibrate_and_convert(m, feed, example_args, config, backend, [])[0]
+
         with quiet():
+            # rehearse on the example first: an op whose int8 path fails is kept fp32 before the data streams
+            work, recovered = recover(work, rehearsal, example_args)
+            notes.extend(recovered)
             converted, observed = _calibrate_and_convert(work, calibrate, example_args, config, backend, notes)
             rows = precision_map(converted, example_args, backend)
         return EngineResult(
@@ -154,20 +172,13 @@ class FxEngine:
         )
 
     def save(self, result: EngineResult, path: Path, manifest_json: str, example_args: tuple[Any, ...]) -> nn.Module:
-        with quiet(), torch.no_grad():
-            try:
-                scripted = torch.jit.trace(result.module, example_args, check_trace=False, strict=False)
-            except Exception as exc:
-                raise QuantizationError(
-                    f"TorchScript tracing of the int8 model failed: {exc}".splitlines()[0],
-                    "keep the offending layer in fp32 with --skip, or report the model",
-                ) from exc
-            if result.details.get("freeze", True):
-                try:
-                    scripted = torch.jit.freeze(scripted.eval())
-                    result.details["frozen"] = True
-                except Exception:  # freezing is an optimisation; the unfrozen module is still right
-                    result.details["frozen"] = False
+        checks = result.debug.get("check_batches", ())
+        with quiet():
+            freeze = result.details.get("freeze", True)
+            scripted, facts = to_torchscript(result.module, example_args, checks, freeze=freeze)
+        result.details.update(facts)
+        if facts["torchscript"] != "trace":  # the manifest says how the artifact was made
+            manifest_json = artifact.seal({**json.loads(manifest_json), "save": facts})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # jit.save deprecation: TorchScript is the artifact
             buf = io.BytesIO()  # in memory: a fixed archive name, and a full disk raises OSError (see reproducible.py)

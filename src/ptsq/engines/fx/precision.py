@@ -36,7 +36,7 @@ class _Recorder(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
-        if isinstance(out, torch.Tensor):
+        if isinstance(out, torch.Tensor) and (out.is_quantized or out.is_floating_point()):  # not indices, masks
             self.quantized[n.name] = out.is_quantized
         return out
 

@@ -11,9 +11,10 @@ from ptsq.algorithms.observers import activation_observers
 from ptsq.backends import qconfig_name
 from ptsq.config import QuantConfig
 from ptsq.engines.common import outermost, skip_targets
-from ptsq.engines.fx.probes import broken_kernels
+from ptsq.engines.fx.probes import broken_kernels, broken_layers
 
-LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)  # subclasses too (static-"same"-padding convs)
+# subclasses too (static-"same"-padding convs); wrapped after the clean-up so their BatchNorm still folds
+LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def keep_fp32(work: nn.Module, config: QuantConfig, backend: str) -> tuple[list[str], dict[str, str]]:
@@ -32,6 +33,8 @@ def keep_fp32(work: nn.Module, config: QuantConfig, backend: str) -> tuple[list[
             for name, mod in work.named_modules():
                 if type(mod) is cls:
                     fallback.setdefault(name, reason)
+        for name, reason in broken_layers(work, backend).items():
+            fallback.setdefault(name, reason)
     fallback = outermost(fallback)
     layers = {n: r for n, r in fallback.items() if isinstance(work.get_submodule(n), LAYERS)}
     wrap_modules(work, {n: r for n, r in fallback.items() if n not in layers})
