@@ -50,3 +50,12 @@ def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="module")
+def one_thread():  # type: ignore[no-untyped-def]
+    """Tiny models at one thread: more threads only add scheduling noise (and minutes) on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
