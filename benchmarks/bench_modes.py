@@ -3,8 +3,9 @@
 Run from the repository root: ``python -m benchmarks.bench_modes [minilm] [lstm] [qat]`` (default: all).
 
 - minilm: fp32 vs ptsq dynamic int8 embeddings of the 60 sentences in examples/reference/minilm.py
-  (each sentence alone, no padding): per-sentence cosine, nearest neighbours; latency of the TorchScript
-  artifacts at 1 thread, batch 1 and 8, 128 tokens. Also torch's plain recipe for comparison.
+  (each sentence alone, no padding), the int8 models made by the CLI in both input routes (``--calib
+  inputs.pt`` and ``--calib sentences.txt --tokenizer DIR``): per-sentence cosine, nearest neighbours;
+  latency of the TorchScript artifacts at 1 thread, batch 1 and 8, 128 tokens. Also torch's plain recipe.
 - lstm: a 2-layer LSTM sequence classifier (random weights: speed only), fp32 vs dynamic int8.
 - qat: the Fashion-MNIST ResNet. Default int8 PTQ loses nothing here (0.9172 -> 0.9173), so the
   experiment uses a deliberately harder setting: 4-bit weights (per-channel symmetric, [-8, 7]) with
@@ -48,6 +49,23 @@ def _latency(cands: dict[str, Any], make: Any, batch_sizes: tuple[int, ...]) -> 
 
 
 # ------------------------------------------------------------------------------------------------ MiniLM
+MINILM_SPEC = "examples.reference.minilm:minilm_embedder"
+
+
+def _cli_quantize(args: list[str]) -> dict[str, Any]:
+    """``ptsq quantize MINILM_SPEC --mode dynamic ARGS --json`` in a child process, as a user runs it."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, "-m", "ptsq.cli.main", "quantize", MINILM_SPEC, "--mode", "dynamic", *args, "--json"]
+    path = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))  # examples.* from the repo
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout)
+
+
 def bench_minilm() -> None:
     from examples.reference.minilm import SENTENCES, TOPIC_OF, minilm_embedder, model_path, neighbours, tokenize
     from torch.ao.quantization import default_dynamic_qconfig
@@ -61,9 +79,6 @@ def bench_minilm() -> None:
     tok = AutoTokenizer.from_pretrained(model_path())
     singles = [(e["input_ids"], e["attention_mask"]) for e in (tok([s], return_tensors="pt") for s in SENTENCES)]
     example = tokenize(SENTENCES[:1], 128)
-    t0 = time.perf_counter()
-    qm = ptsq.quantize_dynamic(fp32, example_inputs=example, check_inputs=singles)
-    seconds = time.perf_counter() - t0
     plain = plain_dynamic(copy.deepcopy(fp32), {nn.Linear: default_dynamic_qconfig}, dtype=torch.qint8)
 
     def embed(m: Any) -> torch.Tensor:
@@ -74,26 +89,38 @@ def bench_minilm() -> None:
     topics = torch.tensor([hash(t) for t in TOPIC_OF])
     nn_ref = neighbours(ref)
     same_topic_fp32 = float((topics[nn_ref] == topics).float().mean())
-    variants = {"ptsq dynamic (default)": qm.module, "torch quantize_dynamic (plain)": plain}
-    quality = {}
-    for label, m in variants.items():
-        e = embed(m)
-        cos = (e * ref).sum(1)
-        nn_q = neighbours(e)
-        quality[label] = {
-            "mean": float(cos.mean()),
-            "min": float(cos.min()),
-            "nn_same": float((nn_q == nn_ref).float().mean()),
-            "topic": float((topics[nn_q] == topics).float().mean()),
-        }
     with tempfile_dir() as d:
-        path = qm.save(os.path.join(d, "minilm_int8.pt"))
-        size = path.stat().st_size
-        loaded = ptsq.load(path)
+        # the two CLI routes: token ids saved with torch.save, and sentences + the model's own tokenizer folder
+        ids, mask = tokenize(SENTENCES, 128)
+        torch.save({"input_ids": ids, "attention_mask": mask}, os.path.join(d, "inputs.pt"))
+        with open(os.path.join(d, "sentences.txt"), "w") as f:
+            f.write("\n".join(SENTENCES) + "\n")
+        routes = {
+            "ptsq CLI --calib inputs.pt": ["--calib", os.path.join(d, "inputs.pt")],
+            "ptsq CLI --calib sentences.txt --tokenizer": ["--calib", os.path.join(d, "sentences.txt"), "--tokenizer",
+                                                           model_path()],
+        }  # fmt: skip
+        runs, variants = {}, {}
+        for label, args in routes.items():
+            out = os.path.join(d, f"{len(runs)}.pt")
+            runs[label] = _cli_quantize([*args, "-o", out])
+            variants[label] = ptsq.load(out).module
+        variants["torch quantize_dynamic (plain)"] = plain
+        quality = {}
+        for label, m in variants.items():
+            e = embed(m)
+            cos = (e * ref).sum(1)
+            nn_q = neighbours(e)
+            quality[label] = {
+                "mean": float(cos.mean()),
+                "min": float(cos.min()),
+                "nn_same": float((nn_q == nn_ref).float().mean()),
+                "topic": float((topics[nn_q] == topics).float().mean()),
+            }
         cands = {
             "fp32": _trace(fp32, example),  # frozen TorchScript: the strict baseline
             "fp32 eager": fp32,  # what the user runs before quantizing
-            "ptsq dynamic (default)": loaded.module,
+            **{k: v for k, v in variants.items() if k.startswith("ptsq")},
             "torch quantize_dynamic (plain)": _trace(plain, example),
         }
 
@@ -112,10 +139,11 @@ def bench_minilm() -> None:
             f"{q['mean']:.4f}" if q else "1", f"{q['min']:.4f}" if q else "1",
             f"{q['nn_same']:.2f}" if q else "1", f"{q['topic']:.2f}" if q else f"{same_topic_fp32:.2f}",
         ])  # fmt: skip
-    fb = [r for r in qm.manifest["precision"] if r["precision"] == "fp32"]
+    first = next(iter(runs.values()))
+    fb = [r for r in first["fp32_layers"]]
     write_section(
         "modes_minilm",
-        title="Dynamic int8: all-MiniLM-L6-v2 sentence embeddings",
+        title="Dynamic int8: all-MiniLM-L6-v2 sentence embeddings, quantized from the CLI",
         columns=[
             "model",
             "ms b1",
@@ -132,17 +160,23 @@ def bench_minilm() -> None:
         command="python -m benchmarks.bench_modes minilm",
         order=60,
         notes=[
-            f"60 sentences written for ptsq (12 topics x 5, examples/reference/minilm.py), each embedded alone; "
-            f"latency: TorchScript artifacts (fp32: traced and frozen; 'fp32 eager': the model as loaded), "
-            f"{THREADS} thread, 128 tokens, median of {RUNS} interleaved runs.",
-            f"ptsq default: per-channel int8 weights, full-range (8-bit) dynamic activations; "
-            f"{len(fb)} of {len(qm.manifest['precision'])} Linear layers kept fp32 by the cosine budget "
-            f"(min_cosine=0.99); artifact {size / 1e6:.1f} MB; quantize took {seconds:.0f} s.",
+            f"Both int8 models come from `ptsq quantize {MINILM_SPEC} --mode dynamic` in a child process: "
+            "`--calib inputs.pt` (a dict of input_ids/attention_mask saved with torch.save, 60 sentences padded "
+            "to 128 tokens) and `--calib sentences.txt --tokenizer <the model's folder>` (the same 60 sentences, "
+            "one per line); the CLI checks each against fp32 on those inputs and keeps layers fp32 below mean "
+            "cosine 0.99.",
+            f"Quality: 60 sentences written for ptsq (12 topics x 5, examples/reference/minilm.py), each embedded "
+            f"alone; latency: TorchScript artifacts as loaded (fp32: traced and frozen; 'fp32 eager': the model "
+            f"as loaded), {THREADS} thread, 128 tokens, median of {RUNS} interleaved runs.",
+            "; ".join(f"{k}: {v['layers']['int8']} int8 / {v['layers']['fp32']} fp32 Linear layers, artifact "
+                      f"{v['int8_bytes'] / 1e6:.1f} MB, CLI run {v['seconds']:.0f} s" for k, v in runs.items())
+            + (f"; kept fp32: {', '.join(r['name'] for r in fb)}" if fb else ""),
             "'same nearest neighbour': share of sentences whose nearest other sentence is unchanged "
             "(within-topic near-ties flip); 'NN in same topic': share whose nearest sentence is from its own topic.",
         ],
-        extra={"quality": quality, "latency_ms": {f"{k[0]}|b{k[1]}": v for k, v in lat.items()}},
-    )
+        extra={"quality": quality, "latency_ms": {f"{k[0]}|b{k[1]}": v for k, v in lat.items()},
+               "cli": {k: {"check": v["check"], "calibration": v["calibration"]} for k, v in runs.items()}},
+    )  # fmt: skip
 
 
 class tempfile_dir:

@@ -123,3 +123,19 @@ class TinyEncoder(nn.Module):
 
     def example_inputs(self) -> tuple[torch.Tensor]:
         return (torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(0)),)
+
+
+class TextEncoder(nn.Module):
+    """A sentence encoder with a tokenizer's inputs: embedding, Linear-GELU-Linear, masked mean pooling."""
+
+    def __init__(self, vocab: int = 64, d: int = 32) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(vocab, d)
+        self.up, self.down = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.emb(input_ids)
+        h = h + self.down(nn.functional.gelu(self.up(h)))
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / m.sum(1).clamp(min=1.0)

@@ -35,6 +35,7 @@ _EXPORTS = {
     "preset": "ptsq.data.preprocess",
     "CalibrationImages": "ptsq.data.images",
     "CalibrationTensors": "ptsq.data.tensors",
+    "model_inputs": "ptsq.data.inputs",
     "load_model": "ptsq.models",
     "benchmark": "ptsq.bench",
     "evaluate": "ptsq.evaluation",

@@ -212,15 +212,18 @@ class AutoOptions(Options):
 
 @dataclass(frozen=True)
 class CalibrationOptions(Options):
-    """Calibration data drawn from a folder or tensor file (the CLI; the API takes batches as given)."""
+    """Model inputs drawn from a folder, tensor file or text file (the CLI; the API takes batches as given)."""
 
     section: ClassVar[str] = "calibration"
     num: int = option(300, "samples to calibrate on (a seeded random subset)")
     batch_size: int = option(32, "calibration batch size")
+    tokenizer: str = option("", "local Hugging Face tokenizer folder that turns a .txt file's lines into inputs")
+    max_length: int = option(128, "tokens per sentence at most (with tokenizer)")
 
     def validate(self) -> None:
         _range("calibration.num", self.num, 1, 10**9, "300")
         _range("calibration.batch_size", self.batch_size, 1, 10**6, "32")
+        _range("calibration.max_length", self.max_length, 1, 10**6, "128")
 
 
 @dataclass(frozen=True)

@@ -301,7 +301,12 @@ CASES = [
         ("could be read", "cannot read file"),
         skip=lambda: None if Path("/proc/self/mem").exists() else "needs Linux /proc/self/mem",
     ),
-    Case("calib-file-unknown-kind", lambda c: q(c, folder(c, "f", {"x.txt": b"hi"}) / "x.txt"), ("not a folder",)),
+    Case("calib-file-unknown-kind", lambda c: q(c, folder(c, "f", {"x.csv": b"hi"}) / "x.csv"), ("unknown extension",)),
+    Case(
+        "calib-text-without-tokenizer",
+        lambda c: q(c, folder(c, "t", {"x.txt": b"hi"}) / "x.txt"),
+        ("needs a tokenizer",),
+    ),
     # ---- broken images (a folder where all are bad fails; mixed with good ones is a warning)
     Case(
         "images-corrupt",
@@ -332,7 +337,11 @@ CASES = [
     # ---- tensor calibration files
     Case("tensor-nan", lambda c: q(c, _tensor_file(c, "nan.pt", _with_nan())), ("NaN", "index 7", "nan.pt")),
     Case("tensor-inf-npy", lambda c: q(c, _tensor_file(c, "inf.npy", _with_inf())), ("infinite", "index 5")),
-    Case("tensor-wrong-rank", lambda c: q(c, _tensor_file(c, "r2.pt", torch.randn(8, 96))), ("shape (8, 96)",)),
+    Case(
+        "tensor-wrong-rank",
+        lambda c: q(c, _tensor_file(c, "r2.pt", torch.randn(8, 96))),
+        ("rejects inputs of shape (1, 96)",),
+    ),
     Case(
         "tensor-model-rejects-shape",
         lambda c: q(c, _tensor_file(c, "gray.pt", torch.randn(8, 1, 32, 32))),

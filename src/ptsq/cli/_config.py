@@ -54,6 +54,8 @@ FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "cleanup": ("cleanup", _steps),
     "num_calib": ("calibration.num", int),
     "batch_size": ("calibration.batch_size", int),
+    "tokenizer": ("calibration.tokenizer", str),
+    "max_length": ("calibration.max_length", int),
     "epochs": ("qat.epochs", int),
     "lr": ("qat.lr", float),
     "min_cosine": ("dynamic.min_cosine", float),

@@ -37,6 +37,10 @@ Examples:
   ptsq quantize torchvision:resnet18 --calib images/ --engine auto -o resnet18_int8.bin
 
   ptsq quantize mypkg.text:build_encoder --mode dynamic --engine onnx -o encoder_int8.onnx
+
+  ptsq quantize mypkg.text:encoder --mode dynamic --calib sentences.txt --tokenizer tokenizer_dir/ -o enc.pt
+
+  ptsq quantize mypkg.audio:net --calib inputs.pt -o net.pt     # torch.save({"wave": x, "lengths": n}, "inputs.pt")
 """
 
 
@@ -51,10 +55,19 @@ def quantize_cmd(
         typer.Option(
             "--calib",
             "-c",
-            help="Folder of calibration images (searched recursively), or a tensor file (.pt/.npy/.npz). "
-            "Required for --mode static.",
+            help="Folder of calibration images (searched recursively); a tensor file (.pt/.npy/.npz: a tensor, "
+            "a tuple in forward's order or a dict naming forward's inputs, leading batch dimension); or a .txt "
+            "file (one sentence per line) with --tokenizer. Required for --mode static; dynamic: the inputs int8 "
+            "is checked on; qat: the example inputs.",
         ),
     ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option("--tokenizer", help="Local Hugging Face tokenizer folder for a text --calib file (offline)."),
+    ] = None,
+    max_length: Annotated[
+        int, typer.Option("--max-length", help="--tokenizer: truncate sentences to this many tokens.")
+    ] = 128,
     weights: o.WeightsOpt = None,
     trust_pickle: o.TrustOpt = False,
     backend: Annotated[str, typer.Option("--backend", help="auto | x86 | fbgemm | onednn | qnnpack")] = "auto",
@@ -137,7 +150,8 @@ def _quantize(ctx: typer.Context, p: dict[str, Any]) -> None:
     if advice:
         out.warn(advice)
     source = p["train_data"] if config.mode == "qat" else p["calib"]
-    data = mode_data(loaded.model, source, pre, config, max_images=p["max_images"])
+    calib = p["calib"] if config.mode == "qat" else None  # QAT trains on --train-data; --calib gives its example
+    data = mode_data(loaded.model, source, pre, config, max_images=p["max_images"], calib=calib)
     if config.mode == "static":
         out.info(f"quantizing {p['model']} with calibration data from {p['calib']}")
     with warnings.catch_warnings(record=True) as caught:

@@ -61,6 +61,50 @@ def _row(part: Part, r: int) -> torch.Tensor:
     return part[r].to(torch.float32)
 
 
+def _file_error(path: Path, problem: str, hint: str = _SHAPE_HINT) -> DataError:
+    return DataError(f"calibration file '{path}' {problem}", hint)
+
+
+def load_torch(path: Path) -> Any:
+    """A ``torch.save`` file read safely (``weights_only=True``), memory-mapped when it is a zip archive."""
+    try:
+        try:  # memory-mapped: only the chosen samples are paged in
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc) and "zip" not in str(exc).lower():
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except pickle.UnpicklingError as exc:
+        from ptsq.models import unpickle_detail
+
+        raise UnsafeFileError(
+            f"calibration file '{path}' holds pickled Python objects that could run code when loaded"
+            + unpickle_detail(exc),
+            "save plain tensors: torch.save(tensor_or_list_of_tensors, path), or use a .npy file",
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError) as exc:
+        hint = "check the file is complete (save it again)"
+        raise _file_error(path, f"cannot be read: {_short(exc)}", hint) from None
+
+
+def load_numpy(path: Path) -> Any:
+    """An ``.npy`` array (memory-mapped) or an ``.npz`` file's arrays by name, without unpickling."""
+    try:
+        if path.suffix.lower() == ".npy":
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc) or "Python objects" in str(exc):
+            raise UnsafeFileError(
+                f"calibration file '{path}' holds Python objects (an object array) that need unpickling",
+                "save a numeric array: np.save(path, array.astype(np.float32))",
+            ) from None
+        raise _file_error(path, f"cannot be read: {_short(exc)}", "check the file is complete") from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError, IndexError, TypeError) as exc:
+        raise _file_error(path, f"cannot be read: {_short(exc)}", "check the file is complete") from None
+
+
 class CalibrationTensors(CalibrationSource):
     """Batches ``(B, C, H, W)`` from a seeded subset of the samples in a tensor file.
 
@@ -120,42 +164,13 @@ class CalibrationTensors(CalibrationSource):
         return self._parts_of(obj)
 
     def _load_torch(self) -> Any:
-        p = self.path
-        try:
-            try:  # memory-mapped: only the chosen samples are paged in
-                return torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:
-                if "mmap" not in str(exc) and "zip" not in str(exc).lower():
-                    raise
-                return torch.load(p, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-        except pickle.UnpicklingError as exc:
-            from ptsq.models import unpickle_detail
-
-            raise UnsafeFileError(
-                f"calibration file '{p}' holds pickled Python objects that could run code when loaded"
-                + unpickle_detail(exc),
-                "save plain tensors: torch.save(tensor_or_list_of_tensors, path), or use a .npy file",
-            ) from None
-        except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError) as exc:
-            raise self._fail(f"cannot be read: {_short(exc)}", "check the file is complete (save it again)") from None
+        return load_torch(self.path)
 
     def _load_numpy(self, suffix: str) -> Any:
-        p = self.path
-        try:
-            if suffix == ".npy":
-                return np.load(p, mmap_mode="r", allow_pickle=False)
-            with np.load(p, allow_pickle=False) as npz:
-                arrays = [npz[k] for k in npz.files]
-            return arrays[0] if len(arrays) == 1 else arrays
-        except ValueError as exc:
-            if "allow_pickle" in str(exc) or "Object arrays" in str(exc) or "Python objects" in str(exc):
-                raise UnsafeFileError(
-                    f"calibration file '{p}' holds Python objects (an object array) that need unpickling",
-                    "save a numeric array: np.save(path, array.astype(np.float32))",
-                ) from None
-            raise self._fail(f"cannot be read: {_short(exc)}", "check the file is complete") from None
-        except (OSError, EOFError, zipfile.BadZipFile, KeyError, IndexError, TypeError) as exc:
-            raise self._fail(f"cannot be read: {_short(exc)}", "check the file is complete") from None
+        if suffix == ".npy":
+            return load_numpy(self.path)
+        arrays = list(load_numpy(self.path).values())
+        return arrays[0] if len(arrays) == 1 else arrays
 
     def _parts_of(self, obj: Any) -> list[Part]:
         single = _as_part(obj)
@@ -242,4 +257,4 @@ class CalibrationTensors(CalibrationSource):
             yield batch
 
 
-__all__ = ["TENSOR_EXTENSIONS", "CalibrationTensors", "is_tensor_file"]
+__all__ = ["TENSOR_EXTENSIONS", "CalibrationTensors", "is_tensor_file", "load_numpy", "load_torch"]

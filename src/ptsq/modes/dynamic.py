@@ -26,6 +26,7 @@ from torch import nn
 from ptsq import manifest
 from ptsq.algorithms.fallback import greedy_fallback
 from ptsq.backends import activate, resolve_backend
+from ptsq.calibration import as_positional, example_from_batch
 from ptsq.config import QuantConfig
 from ptsq.engines import get_engine
 from ptsq.engines.base import EngineResult, LayerPrecision
@@ -67,33 +68,46 @@ def _skipped(model: nn.Module, layers: dict[str, nn.Module], config: QuantConfig
     return chosen
 
 
-def _check_inputs(model: nn.Module, data: Iterable[Any] | None, example_inputs: Any) -> tuple[tuple[Any, ...], list]:
-    """(example inputs for the artifact, batches to check against fp32)."""
-    checks = [_args(b) for b in data] if data is not None else None
+def _check_inputs(
+    model: nn.Module, data: Iterable[Any] | None, example_inputs: Any, labelled: bool | None = None
+) -> tuple[nn.Module, tuple[Any, ...], list, tuple[str, ...] | None]:
+    """(model to quantize, example inputs for the artifact, batches to check against fp32, keyword names).
+
+    Batches are taken as given; dicts naming ``forward`` parameters become positional inputs (through
+    :class:`~ptsq.calibration.KeywordInputs` unless they are ``forward``'s leading parameters). The
+    example is one sample of the first batch when the model accepts one, else the whole batch.
+    """
+    runner, checks, names = model, None, None
+    if data is not None:
+        runner, checks, names = as_positional(model, list(data), labelled)
     if example_inputs is None:
         if checks:
-            example_inputs = checks[0]
+            example_inputs = example_from_batch(runner, checks[0])[0]
         elif callable(getattr(model, "example_inputs", None)):
             example_inputs = model.example_inputs()  # the model's own convention
         else:
             raise ConfigError(
                 "dynamic mode needs example inputs",
                 "pass example_inputs=..., check batches, or give the model an example_inputs() method "
-                "(CLI: --calib FILE with input tensors)",
+                "(CLI: --calib FILE with input tensors, or --calib sentences.txt --tokenizer DIR)",
             )
+    elif isinstance(example_inputs, dict) and names:
+        example_inputs = tuple(example_inputs[n] for n in names)
     example = _args(example_inputs)
     checks = checks if checks is not None else [example]
     if not checks:
         raise ConfigError("the check inputs are empty", "pass at least one input tuple, or None to use the example")
     try:
         with torch.inference_mode():
-            model(*checks[0])
+            runner(*checks[0])
     except Exception as exc:
         raise InputShapeError(
             f"the model rejects the example inputs: {first_line(exc)}",
-            "pass inputs the model accepts (CLI: --calib FILE with a tensor, a tuple or a dict of named tensors)",
+            "give it inputs it accepts: --calib inputs.pt (torch.save of a tensor, a tuple in forward's order or "
+            "a dict naming forward's inputs), --calib sentences.txt --tokenizer DIR for text, or an "
+            "example_inputs() method on the model",
         ) from None
-    return example, checks
+    return runner, example, checks, names
 
 
 def quantize_dynamic(
@@ -104,6 +118,7 @@ def quantize_dynamic(
     example_inputs: Any = None,
     check_inputs: Sequence[Any] | None = None,
     source: dict[str, Any] | None = None,
+    labelled: bool | None = None,
 ) -> QuantizedModel:
     """Dynamic int8 quantization of ``model``'s Linear/LSTM/GRU layers, checked against fp32.
 
@@ -128,18 +143,22 @@ def quantize_dynamic(
             "use --mode static (static post-training quantization) for convolutional models",
         )
     t0 = time.perf_counter()
+    user_model = model
     was_training = model.training
     model.eval()
     try:
-        example, checks = _check_inputs(model, check_inputs if check_inputs is not None else data, example_inputs)
+        given = check_inputs if check_inputs is not None else data
+        model, example, checks, names = _check_inputs(user_model, given, example_inputs, labelled)
+        layers = supported_layers(model)  # under the keyword adapter's "model." when there is one
         fallback = _skipped(model, layers, config)
         if len(fallback) == len(layers):
             raise ConfigError("skip rules keep every supported layer in fp32", "drop some --skip rules")
         torch.manual_seed(config.seed)
         result, sims = (_onnx if config.engine == "onnx" else _fx)(model, layers, fallback, checks, example, config)
+        result.debug["check_batches"] = checks  # saving proves the artifact against the int8 model on these
         fid = compare(model, result.module, checks)
     finally:
-        model.train(was_training)
+        user_model.train(was_training)
     # every other layer with weights (convs, norms…) stays fp32 in dynamic mode: listed, with why
     result.precision = in_module_order(model, result.precision + unquantized_layers(model, layers))
     budget = config.dynamic.min_cosine
@@ -153,9 +172,9 @@ def quantize_dynamic(
     }
     calibration = {"samples": 0, "source": "none: dynamic mode measures activation ranges at run time"}
     built = manifest.build(
-        model=model, example=example, config=config, engine=config.engine, backend=backend, check=check,
+        model=user_model, example=example, config=config, engine=config.engine, backend=backend, check=check,
         precision=[r.to_dict() for r in result.precision], details=result.details, notes=result.notes,
-        calibration={**calibration, **(source or {})},
+        calibration={**calibration, **(source or {})}, keywords=names,
     )  # fmt: skip
     qm = QuantizedModel(result, built, example)
     qm.stats["seconds"] = round(time.perf_counter() - t0, 2)

@@ -49,6 +49,7 @@ from torch import fx, nn
 
 from ptsq import artifact, manifest
 from ptsq.backends import activate, qconfig_name, resolve_backend
+from ptsq.calibration import as_args
 from ptsq.config import QatOptions, QuantConfig
 from ptsq.engines.base import EngineResult
 from ptsq.errors import ConfigError, DataError, first_line
@@ -119,20 +120,12 @@ def calibrate(model: nn.Module, batches: Iterable[Any], *, max_batches: int | No
     for batch in batches:
         if max_batches is not None and used >= max_batches:
             break
-        if isinstance(batch, (tuple, list)) and len(batch) == 2 and not _is_tuple_input(model):
-            batch = batch[0]  # (inputs, labels)
-        model(*(tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)))
+        model(*as_args(batch, model))  # (inputs, labels) when forward takes one input
         used += 1
     model.train(was_training)
     if used == 0:
         raise ConfigError("QAT calibration got no batches", "pass at least one batch of training inputs")
     return used
-
-
-def _is_tuple_input(model: nn.Module) -> bool:
-    """True when the prepared model takes more than one positional input (then a 2-tuple is its inputs)."""
-    state = getattr(model, _STATE, None)
-    return state is not None and len(state["example"]) == 2
 
 
 def prepare(
