@@ -38,7 +38,15 @@ def _what_ptsq_did(r: dict[str, Any]) -> str:
     keys = ("failed here", "measured wrong", "cannot be traced", "top-level", "slower")
     did = [f.split(":")[0] + ": " + f.split(":", 1)[1].strip()[:110] for f in ours["fp32_layers"]
            if any(k in f for k in keys)]  # fmt: skip
-    said = ("in-place", "shape computation", "example inputs", "left out", "functional convs", "view(s) run as reshape")
+    said = (
+        "in-place",
+        "shape computation",
+        "integer tensors",
+        "example inputs",
+        "left out",
+        "functional convs",
+        "view(s) run as reshape",
+    )
     did += [n[:140] for n in ours["notes"] if any(k in n for k in said)]
     if ours.get("save") not in (None, "trace"):
         did.append(f"saved by {ours['save']}")
