@@ -74,15 +74,16 @@ class _Mods(nn.Module):
 
 
 @pytest.mark.parametrize(
-    "model,shape",
-    [(nn.Sequential(_Lin()), (8, 5)), (nn.Sequential(_ConvAttr()), (4, 3, 8, 8)), (_Mods(), (8, 5))],
+    "build,shape",
+    [(lambda: nn.Sequential(_Lin()), (8, 5)), (lambda: nn.Sequential(_ConvAttr()), (4, 3, 8, 8)), (_Mods, (8, 5))],
     ids=["linear", "conv", "holder-read-twice"],
 )
-def test_r1_functional_layers_on_tensor_attributes(model, shape, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    torch.manual_seed(0)
+def test_r1_functional_layers_on_tensor_attributes(build, shape, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)  # the weights too: built here, not at collection
+    model = build()
     calib = [torch.randn(*shape) for _ in range(8)]
     qm, got = _quantize_save_reload(model.eval(), calib, tmp_path)
-    assert _sqnr(model, got, (calib[-1],)) > 20
+    assert _sqnr(model, got, (calib[-1],)) > 20, _sqnr(model, got, (calib[-1],))
     assert "int8" in {r["precision"] for r in qm.manifest["precision"]}
 
 
@@ -104,7 +105,7 @@ def test_r2_batches_are_taken_as_given(tmp_path) -> None:
     qm, got = _quantize_save_reload(model, calib, tmp_path)
     assert qm.manifest["input"]["shapes"] == [[4, 2, 8, 8]]  # the whole first batch is the example
     assert any("whole first batch" in n for n in qm.manifest["notes"])
-    assert _sqnr(model, got, (calib[-1],)) > 20
+    assert _sqnr(model, got, (calib[-1],)) > 20, _sqnr(model, got, (calib[-1],))
     qm2 = ptsq.quantize(model, calib, example_inputs=(calib[0][:2],), config=EXACT, progress=False)
     assert qm2.manifest["input"]["shapes"] == [[2, 2, 8, 8]]  # explicit example inputs win
 
