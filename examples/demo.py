@@ -106,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     Console().print(
         f"calibration: {qm.manifest['calibration']['samples']} photos from {calib_dir} (held back "
         f"{qm.fidelity['samples']} for the self-check: SQNR {qm.fidelity['sqnr_db']:.1f} dB); "
-        f"artifact: {art}; total {time.perf_counter() - t0:.0f} s\n"
-        f"same with the CLI: ptsq quantize {MODEL_SPEC} --calib {calib_dir} --preset effnet-lite "
-        f"-o {art} --force && ptsq bench {MODEL_SPEC} {art} --threads 1"
+        f"artifact: {art}; total {time.perf_counter() - t0:.0f} s",
+        soft_wrap=True,
     )
+    print_cli_line(calib_dir, art)
     # the same results as one page: headline, latency chart, accuracy, precision map, recipe
     report = write_report(
         build([art], bench={"input_shape": list(x[:1].shape), **res.to_dict()}, eval=ev.to_dict(),
@@ -118,6 +118,20 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     print(f"report: {report}")  # last, unwrapped: scripts and people copy it
     return 0
+
+
+def cli_line(calib_dir: Path, art: Path) -> str:
+    """The same run through the CLI, runnable verbatim from the repository root (where the demo runs)."""
+    return (
+        f"ptsq quantize {MODEL_SPEC} --calib {calib_dir} --preset effnet-lite "
+        f"-o {art} --force && ptsq bench {MODEL_SPEC} {art} --threads 1"
+    )
+
+
+def print_cli_line(calib_dir: Path, art: Path) -> None:
+    # plain print, one line: a wrapped command could not be pasted (a test runs exactly this line)
+    print("same with the CLI, from the repository root:")
+    print(f"  {cli_line(calib_dir, art)}", flush=True)
 
 
 if __name__ == "__main__":

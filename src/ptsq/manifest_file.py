@@ -14,6 +14,7 @@ from __future__ import annotations
 import mmap
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +95,21 @@ def _is_torchscript(names: list[str]) -> bool:
     return any(n.endswith("constants.pkl") or "/code/" in n for n in names)
 
 
-def manifest_text(path: str | os.PathLike[str]) -> str:
-    """The sealed manifest JSON embedded in ``path`` ('' for a plain TorchScript file without one).
+def _zip_engine(names: list[str]) -> str | None:
+    if OPENVINO_ENTRY in names:
+        return "openvino"
+    if _is_torchscript(names):
+        return "fx"
+    if any(n.endswith("/archive_format") for n in names):
+        return "pt2e"  # torch.export
+    return None
 
-    ArtifactError when the file is not a container any ptsq engine writes.
+
+def read_manifest_text(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """(the engine whose container ``path`` is, the sealed manifest JSON; '' for a plain TorchScript file).
+
+    Zip members are CRC-checked (cheap next to loading the model), so a damaged artifact is reported here
+    too. ArtifactError when the file is not a container any ptsq engine writes.
     """
     from ptsq.artifact import check_readable
 
@@ -106,18 +118,43 @@ def manifest_text(path: str | os.PathLike[str]) -> str:
         try:
             with zipfile.ZipFile(p) as zf:
                 names = zf.namelist()
+                engine = _zip_engine(names)
+                bad = zf.testzip() if engine else None
                 entry = next((n for n in names if n == OPENVINO_ENTRY or n.endswith(ZIP_SUFFIX)), None)
-                if entry is not None:
-                    return zf.read(entry).decode("utf-8", errors="replace")
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-            names = []
-        if _is_torchscript(names):
-            return ""  # unseal() explains: a plain TorchScript file
-    elif (props := onnx_metadata(p)) is not None and ONNX_KEY in props:
-        return props[ONNX_KEY]
+                text = zf.read(entry).decode("utf-8", errors="replace") if engine and entry else ""
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as exc:
+            raise ArtifactError(f"'{p}' is damaged ({exc})", "re-create it with 'ptsq quantize'") from None
+        if bad is not None:
+            raise ArtifactError(f"'{p}' is damaged (checksum error in {bad})", "re-create it with 'ptsq quantize'")
+        if engine:
+            return engine, text  # '': unseal() explains that a plain TorchScript file has no manifest
+    else:
+        props = onnx_metadata(p)
+        if props is not None:  # a well-formed ModelProto; '' when it carries no ptsq manifest
+            return "onnx", props.get(ONNX_KEY, "")
     raise ArtifactError(
         f"'{p}' is not a ptsq artifact (truncated, or not a file ptsq wrote)", "re-create it with 'ptsq quantize'"
     )
+
+
+def manifest_text(path: str | os.PathLike[str]) -> str:
+    """The sealed manifest JSON embedded in ``path`` ('' for a plain TorchScript file without one)."""
+    return read_manifest_text(path)[1]
+
+
+def artifact_format(path: str | os.PathLike[str]) -> str | None:
+    """The engine whose format ``path`` has, or None if it is not a readable ptsq artifact."""
+    try:
+        engine, text = read_manifest_text(path)
+    except ArtifactError:
+        return None
+    return engine if text else None
+
+
+def info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What ``ptsq info`` shows: the path, its size and the verified manifest."""
+    p = Path(path)
+    return {"path": str(p), "bytes": p.stat().st_size, **read_manifest(p)}
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -151,4 +188,7 @@ def plain_loader(manifest: dict[str, Any]) -> str:
     return PLAIN_LOADERS.get(str(manifest.get("engine")), "ptsq.load(path)")
 
 
-__all__ = ["PLAIN_LOADERS", "manifest_text", "onnx_metadata", "plain_loader", "read_manifest", "runtime_of"]
+__all__ = [
+    "PLAIN_LOADERS", "artifact_format", "info", "manifest_text", "onnx_metadata", "plain_loader", "read_manifest",
+    "read_manifest_text", "runtime_of",
+]  # fmt: skip

@@ -1,6 +1,7 @@
 """Load the user's fp32 model from a spec string, safely.
 
 Specs: ``torchvision:NAME`` (architecture; weights from ``weights``), ``package.module:callable``
+(imported from the current folder first, then the installed packages, as ``python -m`` would)
 or ``path/to/file.py:callable`` (a class or factory; ``weights`` is its state_dict), or a file
 holding a whole pickled model (only with ``trust_pickle``). Files are read with
 ``torch.load(weights_only=True)`` unless the user opts in.
@@ -8,13 +9,16 @@ holding a whole pickled model (only with ``trust_pickle``). Files are read with
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib
 import importlib.util
+import os
 import pickle
 import sys
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,27 +179,85 @@ def _torchvision(name: str) -> tuple[nn.Module, Preprocess | None]:
     return model, pre
 
 
+def _search_path() -> list[str]:
+    """Where ``import`` looks for a spec's module: the current folder first (as ``python -m`` does), then
+    the installed packages. The console script alone would not look in the current folder."""
+    cwd = os.getcwd()
+    rest = [p for p in sys.path if p not in ("", ".") and os.path.abspath(p) != cwd]
+    return [cwd, *rest]
+
+
+@contextlib.contextmanager
+def _current_folder_first() -> Iterator[None]:
+    """Put the current folder first on ``sys.path`` while the user's module is imported and built.
+
+    Only for that span: a library caller's import path is theirs (changes the module makes to it stay).
+    Submodules the package imports later still resolve through the package's own ``__path__``.
+    """
+    cwd = os.getcwd()
+    added = not sys.path or os.path.abspath(sys.path[0] or ".") != cwd
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)  # the first occurrence: the one put there above
+
+
+def _not_found(mod_name: str, exc: ModuleNotFoundError) -> bool:
+    """Whether ``exc`` says the spec's own module (or a parent package) is missing, not one it imports."""
+    return exc.name is not None and (mod_name == exc.name or mod_name.startswith(exc.name + "."))
+
+
+def _import_module(mod_name: str) -> Any:
+    try:
+        with _current_folder_first():
+            return importlib.import_module(mod_name)
+    except ModuleNotFoundError as exc:
+        if not _not_found(mod_name, exc):
+            raise
+        searched = [p for p in _search_path() if os.path.isdir(p)]
+        parent, _, _ = exc.name.rpartition(".")
+        hint = (
+            f"check the module name after '{parent}.'"
+            if parent
+            else f"run ptsq from the folder that holds '{exc.name}', add that folder to PYTHONPATH, "
+            "or give a file spec such as path/to/model.py:Net"
+        )
+        raise ModelLoadError(
+            f"cannot import '{mod_name}': no module named '{exc.name}' in the current folder or the installed "
+            f"packages (searched {', '.join(searched)})",
+            hint,
+        ) from None
+
+
+def _import_file(path: Path) -> Any:
+    if not path.exists():
+        raise ModelLoadError(f"python file '{path}' does not exist", "check the MODEL path")
+    mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+    if mod_spec is None or mod_spec.loader is None:
+        raise ModelLoadError(f"cannot import '{path}'", "give a .py file")
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.modules.setdefault(path.stem, module)
+    mod_spec.loader.exec_module(module)
+    return module
+
+
 def _import_callable(spec: str) -> Any:
     mod_name, _, attr = spec.rpartition(":")
     try:
         if mod_name.endswith(".py") or "/" in mod_name:
-            path = Path(mod_name)
-            if not path.exists():
-                raise ModelLoadError(f"python file '{path}' does not exist", "check the MODEL path")
-            mod_spec = importlib.util.spec_from_file_location(path.stem, path)
-            if mod_spec is None or mod_spec.loader is None:
-                raise ModelLoadError(f"cannot import '{path}'", "give a .py file")
-            module = importlib.util.module_from_spec(mod_spec)
-            sys.modules.setdefault(path.stem, module)
-            mod_spec.loader.exec_module(module)
+            module = _import_file(Path(mod_name))
         else:
-            module = importlib.import_module(mod_name)
+            module = _import_module(mod_name)
     except ModelLoadError:
         raise
     except Exception as exc:
+        missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
         raise ModelLoadError(
             f"cannot import '{mod_name}': {type(exc).__name__}: {exc}".splitlines()[0],
-            "check the module path and that it is importable (PYTHONPATH)",
+            f"'{mod_name}' needs '{missing}': install it" if missing else "fix the error in that module",
         ) from None
     obj: Any = module
     for part in attr.split("."):
@@ -222,7 +284,8 @@ def load_model(spec: str, *, weights: str | None = None, trust_pickle: bool = Fa
             model = obj
         elif callable(obj):
             try:
-                model = obj()
+                with _current_folder_first():  # a factory may import more of the user's code
+                    model = obj()
             except Exception as exc:
                 raise ModelLoadError(
                     f"calling '{spec}' failed: {type(exc).__name__}: {exc}".splitlines()[0],

@@ -136,8 +136,10 @@ def load(path: str | os.PathLike[str]) -> ArtifactModel:
 
 
 def manifest_of(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and verify only the manifest (no model deserialisation beyond what the format needs)."""
-    return load(path).manifest
+    """Read and verify only the manifest: the model is not deserialised and no runtime is loaded."""
+    from ptsq.manifest_file import read_manifest
+
+    return read_manifest(path)
 
 
 __all__ = ["ArtifactModel", "QuantizedModel", "load", "manifest_of"]

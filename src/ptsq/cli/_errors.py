@@ -2,6 +2,8 @@
 
 Known problems (PtsqError) exit 2 with ``error:`` and ``hint:`` lines; Ctrl-C/SIGTERM exit 2 saying
 nothing was written; anything unexpected exits 1 and says how to see the traceback (PTSQ_DEBUG=1).
+Command-line mistakes found while parsing (an unknown option, a malformed value, a missing argument)
+take the same two-line form (:func:`usage_error`, used by ``ptsq.cli._group``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ from typing import Any, TypeVar
 import typer
 
 from ptsq.errors import Interrupted, PtsqError, first_line
+
+try:  # recent typer vendors click
+    from typer._click.exceptions import UsageError
+except ImportError:  # older typer runs on click itself
+    from click.exceptions import UsageError  # type: ignore[no-redef,assignment]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -65,3 +72,33 @@ def guarded(fn: F) -> F:
             signal.signal(signal.SIGTERM, old)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _ptsq_cause(exc: BaseException) -> PtsqError | None:
+    """The PtsqError an option's parser raised, through the wrappers Typer adds (pydantic validation)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, PtsqError):
+            return seen
+        errors = getattr(seen, "errors", None)
+        if callable(errors):
+            try:
+                found = [e.get("ctx", {}).get("error") for e in errors()]
+            except Exception:  # not a pydantic ValidationError after all
+                found = []
+            hit = next((e for e in found if isinstance(e, PtsqError)), None)
+            if hit is not None:
+                return hit
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def usage_error(exc: UsageError) -> typer.Exit:
+    """Print a command-line mistake (unknown option, malformed value, missing argument) as error:/hint:."""
+    cause = _ptsq_cause(exc)
+    if cause is not None:
+        return _fail(cause.message, cause.hint, 2)
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "ptsq"
+    message = first_line(exc.format_message(), 300)
+    return _fail(message[:1].lower() + message[1:], f"see '{where} --help'", 2)

@@ -29,11 +29,18 @@ class Loaded:
 
 
 def is_artifact(path: Path) -> bool:
-    from ptsq.engines import available_engines, get_engine, missing_packages
+    """A file in a format some engine writes (read without loading it; a plain TorchScript file counts, so
+    loading it says that it has no ptsq manifest)."""
+    from ptsq.errors import ArtifactError
+    from ptsq.manifest_file import read_manifest_text
 
-    return path.is_file() and any(
-        get_engine(n).can_load(path) for n in available_engines() if n != "auto" and not missing_packages(n)
-    )
+    if not path.is_file():
+        return False
+    try:
+        read_manifest_text(path)
+    except ArtifactError:
+        return False
+    return True
 
 
 def _looks_like_torch_file(path: Path) -> bool:

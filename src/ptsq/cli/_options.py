@@ -8,7 +8,33 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ptsq.data.preprocess import Preprocess, parse_floats, parse_size, preset
+from ptsq.data.preprocess import (
+    CHANNEL_ORDERS,
+    Preprocess,
+    parse_floats,
+    parse_input_sizes,
+    parse_number,
+    parse_size,
+    preset,
+)
+from ptsq.errors import ConfigError
+
+
+def checked(check: Callable[[str], Any]) -> Callable[[str], str]:
+    """A parser that checks a value while the command line is parsed, so a malformed value fails before any
+    work (and a test can check help examples without running them); the text passes on unchanged."""
+
+    def parse(text: str) -> str:
+        check(text)
+        return text
+
+    return parse
+
+
+def _channels(text: str) -> None:
+    if text.lower() not in CHANNEL_ORDERS:
+        raise ConfigError(f"--channels {text!r} is unknown", f"use one of: {', '.join(CHANNEL_ORDERS)}")
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -24,16 +50,41 @@ TrustOpt = Annotated[
 InputSizeOpt = Annotated[
     str | None,
     typer.Option(
-        "--input-size", help="HxW or one number, e.g. 224 or 240x320; bench: one per input, 3x224x224,3x112x112."
+        "--input-size",
+        help="HxW or one number, e.g. 224 or 240x320; bench: one per input, 3x224x224,3x112x112.",
+        parser=checked(parse_input_sizes),
     ),
 ]
 PresetOpt = Annotated[
-    str | None, typer.Option("--preset", help="imagenet | minus1to1 | unit | effnet-lite | mtcnn | mnist")
+    str | None,
+    typer.Option("--preset", help="imagenet | minus1to1 | unit | effnet-lite | mtcnn | mnist", parser=checked(preset)),
 ]
-MeanOpt = Annotated[str | None, typer.Option("--mean", help="Per-channel mean after scaling, e.g. 0.485,0.456,0.406")]
-StdOpt = Annotated[str | None, typer.Option("--std", help="Per-channel std after scaling, e.g. 0.229,0.224,0.225")]
-ScaleOpt = Annotated[float | None, typer.Option("--scale", help="Multiply pixels (0..255) by this first, e.g. 1/255.")]
-ChannelsOpt = Annotated[str | None, typer.Option("--channels", help="rgb | bgr | gray")]
+MeanOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mean",
+        help="Per-channel mean after scaling, e.g. 0.485,0.456,0.406",
+        parser=checked(lambda t: parse_floats(t, "mean")),
+    ),
+]
+StdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--std",
+        help="Per-channel std after scaling, e.g. 0.229,0.224,0.225",
+        parser=checked(lambda t: parse_floats(t, "std")),
+    ),
+]
+ScaleOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--scale",
+        metavar="NUMBER",
+        help="Multiply pixels (0..255) by this first, e.g. 1/255 or 0.0039.",
+        parser=lambda t: parse_number(t, "scale"),
+    ),
+]
+ChannelsOpt = Annotated[str | None, typer.Option("--channels", help="rgb | bgr | gray", parser=checked(_channels))]
 NumCalibOpt = Annotated[int, typer.Option("--num-calib", help="Images to calibrate on (seeded subset).")]
 CalibBatchOpt = Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the calibration subset.")]

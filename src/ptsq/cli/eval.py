@@ -17,11 +17,11 @@ from ptsq.cli._output import Output
 EXAMPLES = r"""
 Examples:
 
-  ptsq eval torchvision:resnet18 --weights r18.pth resnet18_int8.pt --data val/      (class sub-folders)
+  ptsq eval torchvision:resnet18 --weights r18.pth resnet18_int8.pt --data val/   # class sub-folders
 
   ptsq eval examples.reference.imagenet:efficientnet_lite0 lite0.pt --data photos/ --label-pattern '_(\d+)\.jpg'
 
-  ptsq eval mypkg:net --weights w.pth net_int8.pt --data unlabelled/ --labels none --json   (fidelity only)
+  ptsq eval mypkg:net --weights w.pth net_int8.pt --data unlabelled/ --labels none --json   # fidelity only
 """
 
 

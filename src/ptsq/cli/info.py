@@ -31,20 +31,20 @@ def info_cmd(
     json_out: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
 ) -> None:
-    from ptsq.quantized import load
+    from ptsq.manifest_file import info  # reads the manifest only: no torch, no runtime
 
     out = Output(json_mode=json_out, quiet=quiet)
-    info = load(artifact_path).info()
+    data = info(artifact_path)
     if recipe:
         from ptsq.config import QuantConfig
 
-        config = QuantConfig.from_dict(info["config"])  # older artifacts' configs are read and upgraded
+        config = QuantConfig.from_dict(data["config"])  # older artifacts' configs are read and upgraded
         if json_out:
             out.result(config.to_dict(), render)
         else:
             typer.echo(config.to_yaml(), nl=False)
         return
-    out.result(info, render)
+    out.result(data, render)
 
 
 def render(console: Console, m: dict[str, Any]) -> None:

@@ -9,12 +9,17 @@ os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
 import typer
 
+from ptsq.cli._group import Commands
+
 app = typer.Typer(
     name="ptsq",
+    cls=Commands,
     help="Quantize PyTorch models to int8 for CPU inference, and prove the result against fp32.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: examples printed verbatim (see ptsq.cli._group)
+    context_settings={"max_content_width": 120},  # wide terminals get option help on fewer lines
 )
 
 

@@ -1,24 +1,42 @@
-"""Calibration and evaluation data: preprocessing specs, folders of images, tensor files and text files."""
+"""Calibration and evaluation data: preprocessing specs, folders of images, tensor files and text files.
 
-from ptsq.data.images import IMAGE_EXTENSIONS, CalibrationImages, ImageFolder, decode_image, find_images
-from ptsq.data.preprocess import PRESETS, Preprocess, parse_floats, parse_size, preset
-from ptsq.data.tensor_inputs import TensorInputs, inputs_from_file
-from ptsq.data.tensors import TENSOR_EXTENSIONS, CalibrationTensors, is_tensor_file
+Names load on first use, so that importing ``ptsq.data.preprocess`` (the CLI's option parsing) does not
+import torch.
+"""
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "PRESETS",
-    "TENSOR_EXTENSIONS",
-    "CalibrationImages",
-    "CalibrationTensors",
-    "ImageFolder",
-    "Preprocess",
-    "TensorInputs",
-    "decode_image",
-    "find_images",
-    "inputs_from_file",
-    "is_tensor_file",
-    "parse_floats",
-    "parse_size",
-    "preset",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "IMAGE_EXTENSIONS": "ptsq.data.images",
+    "CalibrationImages": "ptsq.data.images",
+    "ImageFolder": "ptsq.data.images",
+    "decode_image": "ptsq.data.images",
+    "find_images": "ptsq.data.images",
+    "PRESETS": "ptsq.data.preprocess",
+    "Preprocess": "ptsq.data.preprocess",
+    "parse_floats": "ptsq.data.preprocess",
+    "parse_size": "ptsq.data.preprocess",
+    "preset": "ptsq.data.preprocess",
+    "TensorInputs": "ptsq.data.tensor_inputs",
+    "inputs_from_file": "ptsq.data.tensor_inputs",
+    "TENSOR_EXTENSIONS": "ptsq.data.tensors",
+    "CalibrationTensors": "ptsq.data.tensors",
+    "is_tensor_file": "ptsq.data.tensors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ptsq.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -174,14 +174,33 @@ def parse_size(text: str) -> tuple[int, int]:
     return (nums[0], nums[1])
 
 
+def _number(text: str) -> float:
+    """``0.5``, ``1e-3`` or a fraction such as ``1/255`` (ValueError or ZeroDivisionError otherwise)."""
+    num, slash, den = text.strip().partition("/")
+    return float(num) / float(den) if slash else float(num)
+
+
+def parse_number(text: str, what: str) -> float:
+    """Parse one finite number, also written as a fraction: ``0.00392``, ``1/255``."""
+    try:
+        value = _number(text)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(
+            f"--{what} {text!r} is not a number or a fraction", f"give e.g. --{what} 1/255 or --{what} 0.0039"
+        ) from None
+    if not math.isfinite(value):
+        raise ConfigError(f"--{what} {text!r} is not finite", f"give a finite number to --{what}")
+    return value
+
+
 def parse_floats(text: str, what: str) -> tuple[float, ...]:
-    """Parse a comma-separated list of finite floats, e.g. ``0.485,0.456,0.406``."""
+    """Parse a comma-separated list of finite numbers (fractions allowed), e.g. ``0.485,0.456,0.406``."""
     parts = [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
     if not parts:
         raise ConfigError(f"--{what} is empty", f"give comma-separated numbers, e.g. --{what} 0.5,0.5,0.5")
     try:
-        vals = tuple(float(p) for p in parts)
-    except ValueError:
+        vals = tuple(_number(p) for p in parts)
+    except (ValueError, ZeroDivisionError):
         raise ConfigError(
             f"--{what} {text!r} is not a list of numbers", f"give comma-separated numbers, e.g. --{what} 0.5,0.5,0.5"
         ) from None
