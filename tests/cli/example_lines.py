@@ -20,6 +20,7 @@ from ptsq.cli.main import app
 ROOT = Path(__file__).resolve().parents[2]
 FENCE = re.compile(r"^```(\w*)\s*$")
 SHELL_JOINERS = {"&&", "||", ";", "|"}
+REDIRECT = re.compile(r"\d?(>>?|<)&?")  # '>', '>>', '2>', '<' … (what follows names a file)
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,16 @@ class Example:
         """Each ``ptsq`` command in the line, as argv without the leading ``ptsq``."""
         tokens = shlex.split(self.line, comments=True)
         out: list[list[str]] = [[]]
+        redirect = False
         for t in tokens:
             if t in SHELL_JOINERS:
                 out.append([])
+            elif redirect:  # the file a redirection names is not an argument
+                redirect = False
+            elif REDIRECT.fullmatch(t):
+                redirect = True
+            elif REDIRECT.match(t):  # '>file'
+                continue
             else:
                 out[-1].append(t)
         return [argv[1:] for argv in out if argv and argv[0] == "ptsq"]
