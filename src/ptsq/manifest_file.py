@@ -118,9 +118,9 @@ def read_manifest_text(path: str | os.PathLike[str]) -> tuple[str, str]:
         try:
             with zipfile.ZipFile(p) as zf:
                 names = zf.namelist()
-                engine = _zip_engine(names)
-                bad = zf.testzip() if engine else None
                 entry = next((n for n in names if n == OPENVINO_ENTRY or n.endswith(ZIP_SUFFIX)), None)
+                engine = _zip_engine(names) or ("zip" if entry else None)  # a manifest in an unknown layout
+                bad = zf.testzip() if engine else None
                 text = zf.read(entry).decode("utf-8", errors="replace") if engine and entry else ""
         except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as exc:
             raise ArtifactError(f"'{p}' is damaged ({exc})", "re-create it with 'ptsq quantize'") from None
@@ -154,7 +154,8 @@ def artifact_format(path: str | os.PathLike[str]) -> str | None:
 def info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What ``ptsq info`` shows: the path, its size and the verified manifest."""
     p = Path(path)
-    return {"path": str(p), "bytes": p.stat().st_size, **read_manifest(p)}
+    manifest = read_manifest(p)  # first: it names a missing or unreadable file
+    return {"path": str(p), "bytes": p.stat().st_size, **manifest}
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
