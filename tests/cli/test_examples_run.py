@@ -23,7 +23,7 @@ import torch
 from tests.cli.example_lines import ROOT, Example, doc_examples, help_examples, positional_values
 from tests.conftest import write_photos
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(5400)]  # ~20 min on a loaded 2-core machine
 
 INPUTS = ("--weights", "-w", "--calib", "-c", "--data", "-d", "--eval-data", "--train-data", "--config", "--class-map")
 TOO_SLOW = ("--max-drop", "--min-agreement", "--min-sqnr")

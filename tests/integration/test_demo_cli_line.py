@@ -14,7 +14,7 @@ import ptsq
 ROOT = Path(__file__).resolve().parents[2]
 SRC = Path(ptsq.__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
 
 
 def test_the_demo_cli_line_runs_as_printed(tmp_path, capsys):
