@@ -12,6 +12,7 @@ for a test (``--engine auto``, accuracy budgets, per-layer ``analyze``); the tes
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from tests.conftest import write_photos
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(5400)]  # ~20 min on a loaded 2-core machine
 
 INPUTS = ("--weights", "-w", "--calib", "-c", "--data", "-d", "--eval-data", "--train-data", "--config", "--class-map")
+OUTPUTS = ("-o", "--output", "--plot", "--report", "--save-config")
 TOO_SLOW = ("--max-drop", "--min-agreement", "--min-sqnr")
 FOLDERS = ("images", "photos", "faces", "calib", "unlabelled")
 
@@ -42,12 +44,18 @@ def _runnable_spec(token: str, sandbox: Path) -> bool:
     return (sandbox / top).exists() and importlib.util.find_spec(module) is not None
 
 
+def _reads(option: str, value: str) -> bool:
+    """Whether ``option value`` names an input file or folder (any option but an output that takes a path)."""
+    looks_like_path = "/" in value or Path(value).suffix in (".pt", ".pth", ".json", ".yaml", ".yml", ".txt", ".npy")
+    return option in INPUTS or (option.startswith("-") and option not in OUTPUTS and looks_like_path)
+
+
 def _why_not(argv: list[str], sandbox: Path) -> str | None:
     """None when ``ptsq <argv>`` can run in ``sandbox``, else the reason it is left out."""
     if any(a in TOO_SLOW for a in argv) or "auto" in argv or argv[0] == "analyze":
         return "too slow for a test"
     missing = [s for s in positional_values(argv) if not _runnable_spec(s, sandbox)]
-    missing += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in INPUTS and not (sandbox / argv[i + 1]).exists()]
+    missing += [v for a, v in itertools.pairwise(argv) if _reads(a, v) and not (sandbox / v).exists()]
     return f"needs {', '.join(missing)}" if missing else None
 
 
