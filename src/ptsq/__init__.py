@@ -46,7 +46,7 @@ _EXPORTS = {
 _ERRORS = [
     "PtsqError", "ConfigError", "BackendError", "ModelLoadError", "UnsafeFileError", "WeightsMismatchError",
     "DataError", "ImageDecodeError", "InputShapeError", "TraceError", "QuantizationError", "ArtifactError",
-    "OutputPathError", "Interrupted",
+    "OutputPathError", "Interrupted", "ClusterError",
 ]  # fmt: skip
 _EXPORTS.update({name: "ptsq.errors" for name in [*_ERRORS, "QuantizationWarning"]})
 

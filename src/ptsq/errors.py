@@ -81,6 +81,10 @@ class OutputPathError(PtsqError):
     """The output path cannot be written (missing folder, exists without --force, read-only, full)."""
 
 
+class ClusterError(PtsqError):
+    """Ray is missing, a cluster cannot be reached or used, or a job on it failed."""
+
+
 class Interrupted(PtsqError):
     """The user interrupted a long operation; nothing was written."""
 
@@ -94,6 +98,7 @@ class QuantizationWarning(UserWarning):
 __all__ = [
     "ArtifactError",
     "BackendError",
+    "ClusterError",
     "ConfigError",
     "DataError",
     "ImageDecodeError",

@@ -381,12 +381,18 @@ def evaluate(
     batch_size: int = 32,
     max_images: int | None = None,
     progress: bool = False,
+    ray: Any = None,
+    workers: int | None = None,
+    threads: int = 1,
 ) -> EvalResult:
     """Top-1/top-5 of each model on labelled images, and fidelity of each candidate vs the first.
 
     ``models``: the first is the reference (usually fp32); the others are compared with it.
     ``preprocess``: default is the one stored in the first artifact among ``models`` (see
     :func:`preprocess_from_artifacts`), else ImageNet's. Without labels, at least two models are needed.
+    ``ray``: ``"auto"`` (a local Ray instance), a cluster address, or a :class:`ptsq.distributed.cluster.Cluster`:
+    the batches are read, preprocessed and run on Ray workers (``workers`` at once, ``threads`` torch threads
+    each) and their outputs folded in here, in order, by the same code: the figures equal the single-process ones.
     """
     if not models:
         raise ConfigError("nothing to evaluate", "give at least one model or artifact")
@@ -409,9 +415,15 @@ def evaluate(
         m.eval()
     tally = Tally(names, found)
     skipped: list[tuple[str, str]] = []
-    with task("evaluating", len(found.paths), progress) as update, torch.inference_mode():
-        for x, y in image_batches(found, pre, batch_size, skipped, update):
-            tally.add(run_models(models, names, x), y, len(x))
+    from ptsq.distributed.cluster import using
+
+    with using(ray, workers) as cluster, task("evaluating", len(found.paths), progress) as update:
+        if cluster is None:
+            with torch.inference_mode():
+                for x, y in image_batches(found, pre, batch_size, skipped, update):
+                    tally.add(run_models(models, names, x), y, len(x))
+        else:
+            _evaluate_on(cluster, tally, skipped, update, models, names, found, pre, batch_size, threads)
     if tally.counted == 0:
         raise DataError(
             f"none of the {len(found.paths)} images in '{data}' could be read; first problem: {skipped[0][1]}",
@@ -423,6 +435,65 @@ def evaluate(
         classes=tally.classes if labelled else None, preprocess=pre.to_dict(),
         models=tally.scores(kinds, labelled), ignored=len(found.ignored),
     )  # fmt: skip
+
+
+def run_chunk(ctx: tuple[Sequence[nn.Module], Sequence[str], Preprocess], paths: Sequence[str]) -> tuple:
+    """One batch on a worker: decode ``paths``, run every model. Returns (decoded positions, skipped, outputs)."""
+    models, names, pre = ctx
+    xs, ok, skipped = [], [], []
+    for k, p in enumerate(paths):
+        try:
+            xs.append(_decode(Path(p), pre))
+        except ImageDecodeError as exc:
+            skipped.append((p, exc.reason))
+            continue
+        ok.append(k)
+    if not xs:
+        return ok, skipped, []
+    with torch.inference_mode():
+        return ok, skipped, [plain(o) for o in run_models(models, names, torch.stack(xs))]
+
+
+def plain(out: Any) -> Any:
+    """An output ready to travel: quantized tensors dequantized (what the figures use anyway), views copied."""
+    if isinstance(out, torch.Tensor):
+        return out.dequantize() if out.is_quantized else out.clone()
+    if isinstance(out, dict):
+        return {k: plain(v) for k, v in out.items()}
+    if isinstance(out, tuple) and hasattr(out, "_fields"):  # a named tuple
+        return type(out)(*map(plain, out))
+    if isinstance(out, (list, tuple)):
+        return type(out)(plain(v) for v in out)
+    return out
+
+
+def _evaluate_on(
+    cluster: Any,
+    tally: Tally,
+    skipped: list[tuple[str, str]],
+    update: Any,
+    models: Sequence[nn.Module],
+    names: Sequence[str],
+    found: Labelled,
+    pre: Preprocess,
+    batch_size: int,
+    threads: int,
+) -> None:
+    """The same batches as :func:`image_batches`, run by Ray actors that hold the models; folded in order."""
+    from ptsq.distributed.actors import ordered_map
+
+    paths = [str(p) for p in found.paths]
+    starts = range(0, len(paths), batch_size)
+    chunks = [paths[s : s + batch_size] for s in starts]
+    results = ordered_map(run_chunk, (list(models), list(names), pre), chunks, cluster, threads=threads, what="models")
+    for start, chunk, (ok, bad, outs) in zip(starts, chunks, results):
+        skipped += bad
+        update(start + len(chunk))
+        if ok:
+            ys = found.labels
+            y = torch.tensor([ys[start + k] for k in ok]) if ys is not None else None
+            with torch.inference_mode():
+                tally.add(outs, y, len(ok))
 
 
 def _decode(path: Path, pre: Preprocess) -> torch.Tensor:
@@ -447,5 +518,5 @@ def _check_classes(found: Labelled, n_outputs: int, name: str) -> None:
 
 __all__ = [
     "EvalResult", "Labelled", "ModelScore", "Tally", "evaluate", "find_labelled", "image_batches",
-    "preprocess_from_artifacts", "run_models",
+    "plain", "preprocess_from_artifacts", "run_chunk", "run_models",
 ]  # fmt: skip

@@ -102,6 +102,28 @@ class ArtifactModel(nn.Module):
     def info(self) -> dict[str, Any]:
         return {"path": str(self.path), "bytes": self.path.stat().st_size, **self.manifest}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # TorchScript modules and runtime sessions do not pickle: an artifact travels (to a Ray worker) as
+        # its file's bytes and is loaded, manifest verified, on the other side
+        return load_bytes, (self.path.name, self.path.read_bytes())
+
+
+_BYTES_DIR: list[str] = []  # one private folder per process for artifacts received as bytes
+
+
+def load_bytes(name: str, data: bytes) -> ArtifactModel:
+    """Load an artifact from the bytes of a file called ``name`` (see ``ArtifactModel.__reduce__``)."""
+    if not _BYTES_DIR:
+        import atexit
+        import shutil
+
+        _BYTES_DIR.append(tempfile.mkdtemp(prefix="ptsq-artifacts-"))
+        atexit.register(shutil.rmtree, _BYTES_DIR[0], True)
+    folder = Path(tempfile.mkdtemp(dir=_BYTES_DIR[0]))
+    path = folder / Path(name).name
+    path.write_bytes(data)
+    return load(path)
+
 
 def load(path: str | os.PathLike[str]) -> ArtifactModel:
     """Load a ptsq artifact; verifies its manifest and sets the quantized engine it was built for."""
@@ -142,4 +164,4 @@ def manifest_of(path: str | os.PathLike[str]) -> dict[str, Any]:
     return read_manifest(path)
 
 
-__all__ = ["ArtifactModel", "QuantizedModel", "load", "manifest_of"]
+__all__ = ["ArtifactModel", "QuantizedModel", "load", "load_bytes", "manifest_of"]

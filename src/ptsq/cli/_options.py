@@ -88,6 +88,15 @@ ChannelsOpt = Annotated[str | None, typer.Option("--channels", help="rgb | bgr |
 NumCalibOpt = Annotated[int, typer.Option("--num-calib", help="Images to calibrate on (seeded subset).")]
 CalibBatchOpt = Annotated[int, typer.Option("--batch-size", help="Calibration batch size.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the calibration subset.")]
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray", help="Run on Ray: 'auto' starts a local instance, HOST:PORT joins a cluster (needs ptsq[ray])."
+    ),
+]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", help="With --ray: at most this many workers at once (default: every CPU).")
+]
 CropOpt = Annotated[float | None, typer.Option("--crop-pct", help="Centre-crop fraction (1 = resize only).")]
 
 

@@ -22,6 +22,8 @@ Examples:
   ptsq eval examples.reference.imagenet:efficientnet_lite0 lite0.pt --data photos/ --label-pattern '_(\d+)\.jpg'
 
   ptsq eval mypkg:net --weights w.pth net_int8.pt --data unlabelled/ --labels none --json   # fidelity only
+
+  ptsq eval mypkg:net --weights w.pth net_int8.pt --data val/ --ray auto --workers 2   # on a local Ray instance
 """
 
 
@@ -51,8 +53,12 @@ def eval_cmd(
     max_images: Annotated[
         int | None, typer.Option("--max-images", help="Evaluate at most this many (a reproducible subset).")
     ] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="torch threads (default: torch's).")] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="torch threads (default: torch's; with --ray: 1 per worker).")
+    ] = None,
     report_file: o.ReportOpt = None,
+    ray: o.RayOpt = None,
+    workers: o.WorkersOpt = None,
     json_out: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
     **pre: Any,
@@ -66,9 +72,16 @@ def eval_cmd(
     out = Output(json_mode=json_out, quiet=quiet)
     if batch_size < 1 or (max_images is not None and max_images < 1):
         raise ConfigError("--batch-size and --max-images must be at least 1", "e.g. --batch-size 32")
-    if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"--threads {threads} must be at least 1", "e.g. --threads 2")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads {threads} must be at least 1", "e.g. --threads 2")
+    if ray is None and workers is not None:
+        raise ConfigError("--workers needs --ray", "add --ray auto (a local Ray instance), or drop --workers")
+    if ray is not None:
+        from ptsq.distributed.cluster import check_workers, require_ray
+
+        check_workers(workers)
+        require_ray()  # before loading models: a missing extra is the first thing to say
+    elif threads is not None:
         torch.set_num_threads(threads)
     report_path = _report.check_path(report_file, (*models, data))
     items = load_all(models, weights, trust_pickle)
@@ -81,7 +94,7 @@ def eval_cmd(
     res = evaluate(
         mods, data, preprocess=pre, names=names, kinds=kinds, labels=labels.lower(), label_pattern=label_pattern,
         class_map=class_map, labels_from_index=labels_from_index, batch_size=batch_size, max_images=max_images,
-        progress=out.progress,
+        progress=out.progress, ray=ray, workers=workers, threads=threads or 1,
     )  # fmt: skip
     if res.skipped:
         shown = ", ".join(f"{Path(p).name} ({r})" for p, r in res.skipped[:5])

@@ -1,0 +1,140 @@
+"""Map a function over items on Ray actors that each load a context (models) once; results in item order.
+
+Evaluation uses it: the context is the fp32 model and every artifact, each item is one batch of file
+paths, and the function reads, preprocesses and runs that batch (:func:`ptsq.evaluation.run_chunk`).
+The driver hands items out and gets results back in the original order, so whatever folds them
+(the evaluation's tally) computes exactly what a loop in one process computes.
+
+Why actors fed by the driver rather than Ray Data ``map_batches``: Ray Data re-cuts its blocks into
+batches of its own, so batches (and with them the kernels' batch sizes and the order outputs arrive in)
+would differ from the single-process run's, and "identical" would rest on every kernel being batch-size
+invariant. Here an item is the unit of work and of retry: an actor killed mid-item is restarted by Ray
+(its context loaded again) and the item retried; the driver keeps each item's result once, so nothing is
+counted twice or lost. At most ``in_flight`` items per actor are outstanding (memory stays bounded) and
+the next item goes to whichever actor has the fewest (a slow node does not hold the others up).
+
+The context is pickled once (:func:`ptsq.distributed.pickling.dumps`: the user's own model code by
+value, int8 modules and artifacts included) and put into the object store; each call carries only its
+reference. Files named in the items must be readable at the same path on every node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from ptsq.distributed.cluster import Cluster
+from ptsq.distributed.pickling import dumps, loads
+from ptsq.errors import ClusterError, ModelLoadError, PtsqError, first_line
+
+IN_FLIGHT = 2  # items queued per actor: one running, one ready to start
+RESTARTS = 3  # an actor that dies is restarted (and its items retried) this many times
+
+
+class MapWorker:
+    """A Ray actor: the context, loaded on first use (and again after a restart), and ``fn`` applied to items."""
+
+    def __init__(self, threads: int, engine: str) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        if engine in torch.backends.quantized.supported_engines:
+            torch.backends.quantized.engine = engine  # int8 modules run the driver's kernels
+        self.ctx: Any = None
+        self.loaded = False
+
+    def _context(self, box: list[Any], what: str) -> Any:
+        if not self.loaded:
+            import ray
+
+            try:
+                self.ctx = loads(ray.get(box[0]))
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"a Ray worker cannot load the {what}: {type(exc).__name__}: {first_line(exc)}",
+                    "install what the model's code imports on every node, or run without --ray",
+                ) from None
+            self.loaded = True
+        return self.ctx
+
+    def ready(self, box: list[Any], what: str) -> int:
+        self._context(box, what)
+        return os.getpid()
+
+    def run(self, fn: Callable[[Any, Any], Any], box: list[Any], what: str, item: Any) -> Any:
+        return fn(self._context(box, what), item)
+
+
+def unwrap(exc: BaseException, what: str = "work") -> BaseException:
+    """The user-facing error behind a Ray failure: the PtsqError raised on a worker, or a ClusterError."""
+    import ray.exceptions as rx
+
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, PtsqError):
+        return cause
+    if isinstance(exc, rx.RayActorError):
+        return ClusterError(
+            f"a Ray worker died {RESTARTS + 1} times ({type(exc).__name__}) while running the {what}",
+            "check memory on the nodes (each worker holds every model), or use fewer --workers",
+        )
+    return ClusterError(
+        f"the {what} failed on Ray: {type(exc).__name__}: {first_line(exc)}", "retry, or run without --ray"
+    )
+
+
+def ordered_map(
+    fn: Callable[[Any, Any], Any],
+    ctx: Any,
+    items: Sequence[Any],
+    cluster: Cluster,
+    *,
+    threads: int = 1,
+    in_flight: int = IN_FLIGHT,
+    what: str = "work",
+) -> Iterator[Any]:
+    """Yield ``fn(ctx, item)`` for every item, in item order, computed on ``cluster.slots(threads)`` actors.
+
+    ``fn`` must be importable on the workers (a module-level function of ptsq). ``what`` names the
+    context in errors ("a Ray worker cannot load the models: ..."). Actors are killed on exit.
+    """
+    import torch
+
+    ray = cluster.ray
+    box = [ray.put(dumps(ctx))]
+    n_actors = max(1, min(cluster.slots(threads), len(items)))
+    actor_cls = ray.remote(MapWorker).options(num_cpus=threads, max_restarts=RESTARTS, max_task_retries=RESTARTS)
+    engine = torch.backends.quantized.engine
+    actors = [actor_cls.remote(threads, engine) for _ in range(n_actors)]
+    try:
+        try:  # load the context everywhere first: a worker that cannot import the model's code fails once, here
+            ray.get([a.ready.remote(box, what) for a in actors])
+        except Exception as exc:
+            raise unwrap(exc, what) from None
+        pending: dict[Any, tuple[int, int]] = {}  # result ref -> (item index, actor index)
+        load = [0] * n_actors
+        results: dict[int, Any] = {}
+        submitted = 0
+        for want in range(len(items)):
+            while want not in results:
+                while submitted < len(items) and min(load) < in_flight:
+                    a = load.index(min(load))
+                    pending[actors[a].run.remote(fn, box, what, items[submitted])] = (submitted, a)
+                    load[a] += 1
+                    submitted += 1
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                i, a = pending.pop(ready[0])
+                load[a] -= 1
+                try:
+                    results[i] = ray.get(ready[0])
+                except Exception as exc:
+                    raise unwrap(exc, what) from None
+            yield results.pop(want)
+    finally:
+        for a in actors:
+            with contextlib.suppress(Exception):
+                ray.kill(a, no_restart=True)
+
+
+__all__ = ["MapWorker", "ordered_map", "unwrap"]
