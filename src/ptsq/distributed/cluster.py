@@ -125,15 +125,24 @@ class Cluster:
     ``address``: ``"auto"`` (start a local instance, shut it down on exit) or ``HOST:PORT`` of a running
     cluster. ``workers`` bounds how many jobs or actors run at once (default: one per CPU of the cluster).
     ``ship``: extra local folders or ``.py`` files the workers need (e.g. a benchmark package).
+    ``num_cpus``: CPUs of a local instance (default: every CPU this process may use).
     """
 
-    def __init__(self, address: str = "auto", workers: int | None = None, *, ship: Sequence[str | Path] = ()) -> None:
+    def __init__(
+        self,
+        address: str = "auto",
+        workers: int | None = None,
+        *,
+        ship: Sequence[str | Path] = (),
+        num_cpus: int | None = None,
+    ) -> None:
         check_workers(workers)
         if not isinstance(address, str) or not address.strip():
             raise ConfigError(f"--ray {address!r} is not an address", "use --ray auto, or --ray HOST:PORT")
         self.address = address.strip()
         self.workers = workers
         self.ship = [str(Path(p).resolve()) for p in ship]
+        self.num_cpus = num_cpus
         self.owned = False  # we started the instance (auto) or opened the connection (address)
         self.started = False  # we started a local instance
         self._ray: ModuleType | None = None
@@ -149,11 +158,11 @@ class Cluster:
     def connect(self) -> None:
         ray = require_ray()
         self._ray = ray
+        if self.address != "auto":
+            check_reachable(self.address)
         if ray.is_initialized():
             self._check_same(ray)
             return
-        if self.address != "auto":
-            check_reachable(self.address)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # ptsq sends nothing anywhere
         os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")  # failures are reported per job instead
         _quiet(ray)
@@ -161,7 +170,8 @@ class Cluster:
             include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, runtime_env=self.runtime_env
         )
         if self.address == "auto":
-            kwargs.update(address="local", num_cpus=_usable_cpus(), object_store_memory=_store_bytes())
+            cpus = self.num_cpus or _usable_cpus()
+            kwargs.update(address="local", num_cpus=cpus, object_store_memory=_store_bytes())
         else:
             kwargs.update(address=self.address)
         main = threading.current_thread() is threading.main_thread()
