@@ -19,6 +19,7 @@ The deficit moves with every layer, which gives the greedy search a direction wh
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from ptsq.algorithms.fallback import Trial, greedy_fallback
-from ptsq.analysis.sensitivity import swappable_layers, with_float_layers
+from ptsq.analysis.sensitivity import per_layer, swappable_layers, with_float_layers
 from ptsq.calibration import as_args
 from ptsq.config import QuantConfig, SkipRule
 from ptsq.errors import ConfigError, DataError
@@ -240,6 +241,8 @@ def quantize_with_budget(
     latency_runs: int = 10,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    ray: Any = None,
+    workers: int | None = None,
     **quantize_kwargs: Any,
 ) -> BudgetResult:
     """Quantize ``model`` to int8 and keep the fewest harmful layers in fp32 that meet the budget.
@@ -247,7 +250,10 @@ def quantize_with_budget(
     ``eval_data``: batches of inputs, or ``(inputs, labels)`` for ``max_drop``. Without it, the last
     quarter of the calibration batches (at least one) is held back and used for evaluation.
     ``max_steps`` groups are tried per round; ``rounds`` re-quantizations at most. ``latency_runs=0`` skips timing.
+    ``ray``: ``"auto"``, a cluster address or a Cluster: each round's per-layer trials run as Ray tasks
+    (``workers`` at once); the steps and the model chosen are the same as without.
     """
+    from ptsq.distributed.cluster import using
     from ptsq.modes.static import quantize_static
 
     budget = Budget(max_drop, min_agreement, min_sqnr)
@@ -258,7 +264,9 @@ def quantize_with_budget(
     was = model.training
     model.eval()
     say = log or (lambda _m: None)
+    connection = contextlib.ExitStack()
     try:
+        cluster = connection.enter_context(using(ray, workers))
         evaluate = Evaluator(model, eval_batches)
         if budget.max_drop is not None and evaluate.labels is None:
             raise DataError("--max-drop needs labels in the evaluation data", "use a folder with class sub-folders")
@@ -276,7 +284,7 @@ def quantize_with_budget(
                 break
             chosen, tried = _greedy(
                 budget, evaluate, current.result.module, observed, current_m, current_layers, max_steps, group,
-                progress, say,
+                progress, say, cluster,
             )  # fmt: skip
             steps += tried
             if not chosen:
@@ -296,6 +304,7 @@ def quantize_with_budget(
         fp_ms = measured.fp32_ms[0] if measured.fp32_ms else None
         return BudgetResult(best_qm, budget.met(best), budget.describe(), steps, list(best_layers), fp_ms)
     finally:
+        connection.close()
         model.train(was)
 
 
@@ -310,14 +319,19 @@ def _greedy(
     group: int,
     progress: bool,
     say: Callable[[str], None],
+    cluster: Any = None,
 ) -> tuple[list[str], list[Step]]:
-    """Layers to add to fp32, estimated in the int8 graph: ranked by their solo score, then greedily."""
+    """Layers to add to fp32, estimated in the int8 graph: ranked by their solo score (as Ray tasks on
+    ``cluster`` if given), then greedily."""
     names = swappable_layers(converted, observed)
-    solo: dict[str, tuple[float, ...]] = {}
     with task("ranking layers", len(names), progress) as update:
-        for i, name in enumerate(names):
-            solo[name] = budget.score(evaluate(with_float_layers(converted, observed, [name])))
-            update(i + 1)
+        done = [0]
+
+        def step(n: int) -> None:
+            done[0] += n
+            update(done[0])
+
+        solo = per_layer(solo_score, (budget, evaluate, converted, observed), names, cluster=cluster, step=step)
     base_score = budget.score(base)
     candidates = sorted((n for n in names if solo[n] > base_score), key=lambda n: solo[n], reverse=True)
     say(f"{len(candidates)} of {len(names)} int8 layers improve the score alone")
@@ -330,6 +344,12 @@ def _greedy(
         budget.met, base_score=base_score, limit=max_steps, group=group, on_trial=told,
     )  # fmt: skip
     return chosen, [Step(prefix + t.layers, "estimate", t.result, accepted=t.accepted) for t in trials]
+
+
+def solo_score(ctx: tuple[Budget, Evaluator, nn.Module, nn.Module], name: str) -> tuple[float, ...]:
+    """One ranking job: the budget's score with layer ``name`` alone in fp32 (estimated in the int8 graph)."""
+    budget, evaluate, converted, observed = ctx
+    return budget.score(evaluate(with_float_layers(converted, observed, [name])))
 
 
 def _fmt(m: dict[str, Any]) -> str:

@@ -22,7 +22,7 @@ from torch import nn
 
 from ptsq.calibration import as_args, batch_size
 from ptsq.config import QuantConfig
-from ptsq.errors import DataError
+from ptsq.errors import DataError, QuantizationError
 from ptsq.fidelity import FidelityMeter, sqnr_db
 from ptsq.modes.check import capture_outputs
 from ptsq.progress import task
@@ -149,6 +149,46 @@ def layer_sqnrs(
     return out
 
 
+def solo_fp32_sqnr(ctx: tuple[nn.Module, nn.Module, Sequence[tuple[Any, ...]], list[Any]], name: str) -> float:
+    """One ranking job: the output SQNR with layer ``name`` alone in fp32. ``ctx``: (converted, observed,
+    batches, fp32 outputs on them)."""
+    converted, observed, batches, ref = ctx
+    solo, _ = _score(ref, _outputs(with_float_layers(converted, observed, [name]), batches))
+    return solo
+
+
+def per_layer(
+    job: Callable[[Any, str], Any],
+    ctx: Any,
+    names: Sequence[str],
+    *,
+    cluster: Any = None,
+    step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """``job(ctx, name)`` for every layer name: here one after another, or as Ray tasks on ``cluster``.
+
+    The same function runs either way, so the values are the same; on Ray, ``ctx`` (the models and
+    batches) is sent once and every worker process deserialises it once. ``step(1)`` after each layer.
+    """
+    tick = step or (lambda _n: None)
+    if cluster is None:
+        out = {}
+        for name in names:
+            out[name] = job(ctx, name)
+            tick(1)
+        return out
+    from ptsq.distributed.fanout import fan_out
+
+    done = fan_out(job, [(n, (n,)) for n in names], cluster, shared=ctx, on_result=lambda _i, _o: tick(1))
+    failed = [o for o in done if not o.ok]
+    if failed:
+        raise QuantizationError(
+            f"{len(failed)} of {len(names)} layer trials failed on Ray; first: {failed[0].key}: {failed[0].error}",
+            "run without --ray to see the error here, or check the workers' memory",
+        )
+    return {o.key: o.value for o in done}
+
+
 def rank_layers(
     fp32: nn.Module,
     converted: nn.Module,
@@ -156,19 +196,21 @@ def rank_layers(
     batches: Sequence[tuple[Any, ...]],
     ops: dict[str, str] | None = None,
     progress: Callable[[int], None] | None = None,
+    cluster: Any = None,
 ) -> tuple[float, float | None, list[LayerSensitivity]]:
-    """(all-int8 SQNR, agreement, layers ranked by what keeping each alone in fp32 gains)."""
+    """(all-int8 SQNR, agreement, layers ranked by what keeping each alone in fp32 gains).
+
+    ``cluster``: a connected :class:`ptsq.distributed.cluster.Cluster` to try the layers as Ray tasks.
+    """
     ref = _outputs(fp32, batches)
     base, agree = _score(ref, _outputs(converted, batches))
     names = swappable_layers(converted, observed)
-    per_layer = layer_sqnrs(observed, converted, names, batches)
+    per_layer_sqnr = layer_sqnrs(observed, converted, names, batches)
+    solo = per_layer(solo_fp32_sqnr, (converted, observed, batches, ref), names, cluster=cluster, step=progress)
     rows = []
     for name in names:
-        solo, _ = _score(ref, _outputs(with_float_layers(converted, observed, [name]), batches))
         op = (ops or {}).get(name) or type(converted.get_submodule(name)).__name__
-        rows.append(LayerSensitivity(name, op, per_layer.get(name, math.nan), solo, solo - base))
-        if progress:
-            progress(1)
+        rows.append(LayerSensitivity(name, op, per_layer_sqnr.get(name, math.nan), solo[name], solo[name] - base))
     rows.sort(key=lambda r: (-r.gain_db if math.isfinite(r.gain_db) else -1e9, r.layer_sqnr_db))
     return base, agree, rows
 
@@ -187,45 +229,54 @@ def analyze(
     top: int = 3,
     min_gain_db: float = MIN_GAIN_DB,
     progress: bool = False,
+    ray: Any = None,
+    workers: int | None = None,
 ) -> SensitivityReport:
     """Quantize ``model`` once and rank its int8 layers by sensitivity on the calibration data.
 
     The ranking is measured on the batches quantize's self-check holds back from calibration (the
     last ``config.check_batches``, fewer for short data), so the all-int8 SQNR equals the self-check's.
+    ``ray``: ``"auto"``, a cluster address or a Cluster: the per-layer trials run as Ray tasks
+    (``workers`` at once); the report is the same as without.
     """
+    from ptsq.distributed.cluster import using
     from ptsq.modes.static import quantize_static
 
     config = config or QuantConfig()
     batches = [as_args(transform(b) if transform else b, model) for b in calibration]
     if not batches:
         raise DataError("the calibration data is empty", "give a folder with at least one image")
-    qm = quantize_static(model, batches, config, progress=progress)
-    observed = qm.result.debug.get("observed")
-    if observed is None:
-        raise DataError("this engine does not expose its calibrated fp32 graph", "use --engine fx")
-    # the very batches quantize's self-check held back (it holds back fewer when data is short), so the
-    # all-int8 figures here are the self-check's figures
-    measure = batches[-max(1, int(qm.manifest["check"].get("batches", config.check_batches))) :]
-    ops = {r.name: r.op for r in qm.result.precision}
     was = model.training
-    model.eval()
-    try:
-        total = len(swappable_layers(qm.result.module, observed))
-        with task("per-layer sensitivity (each layer alone in fp32)", total, progress) as update:
-            done = [0]
+    # connected first: a missing extra or an unreachable cluster is said before minutes of quantization
+    with using(ray, workers) as cluster:
+        qm = quantize_static(model, batches, config, progress=progress)
+        observed = qm.result.debug.get("observed")
+        if observed is None:
+            raise DataError("this engine does not expose its calibrated fp32 graph", "use --engine fx")
+        # the very batches quantize's self-check held back (it holds back fewer when data is short), so the
+        # all-int8 figures here are the self-check's figures
+        measure = batches[-max(1, int(qm.manifest["check"].get("batches", config.check_batches))) :]
+        ops = {r.name: r.op for r in qm.result.precision}
+        model.eval()
+        try:
+            total = len(swappable_layers(qm.result.module, observed))
+            with task("per-layer sensitivity (each layer alone in fp32)", total, progress) as update:
+                done = [0]
 
-            def step(n: int) -> None:
-                done[0] += n
-                update(done[0])
+                def step(n: int) -> None:
+                    done[0] += n
+                    update(done[0])
 
-            base, agree, rows = rank_layers(model, qm.result.module, observed, measure, ops, progress=step)
-        keep = choose_fp32(rows, top, min_gain_db)
-        together = None
-        if keep:
-            together, _ = _score(
-                _outputs(model, measure), _outputs(with_float_layers(qm.result.module, observed, keep), measure)
-            )
-    finally:
-        model.train(was)
+                base, agree, rows = rank_layers(
+                    model, qm.result.module, observed, measure, ops, progress=step, cluster=cluster
+                )
+            keep = choose_fp32(rows, top, min_gain_db)
+            together = None
+            if keep:
+                together, _ = _score(
+                    _outputs(model, measure), _outputs(with_float_layers(qm.result.module, observed, keep), measure)
+                )
+        finally:
+            model.train(was)
     samples = sum(batch_size(a) for a in measure)
     return SensitivityReport(base, agree, samples, rows, keep, together)

@@ -67,14 +67,14 @@ def eval_batches(folder: str, pre: Any, batch_size: int, max_images: int | None,
 
 def run_budget(model: Any, images: Any, config: QuantConfig, pre: Any, out: Any, *, max_drop: float | None,
                min_agreement: float | None, min_sqnr: float | None, eval_data: str | None, batch_size: int,
-               max_images: int | None) -> Any:  # fmt: skip
+               max_images: int | None, ray: str | None = None, workers: int | None = None) -> Any:  # fmt: skip
     """Run :func:`ptsq.quantize_with_budget`; the trade-off goes into the manifest under ``budget``."""
     from ptsq.analysis.budget import quantize_with_budget
 
     evals = eval_batches(eval_data, pre, batch_size, max_images, max_drop is not None) if eval_data else None
     res = quantize_with_budget(
         model, images, eval_data=evals, max_drop=max_drop, min_agreement=min_agreement, min_sqnr=min_sqnr,
-        config=config, progress=out.progress, log=out.info, preprocess=pre,
+        config=config, progress=out.progress, log=out.info, preprocess=pre, ray=ray, workers=workers,
     )  # fmt: skip
     qm = res.model
     qm.manifest["budget"] = res.to_dict()

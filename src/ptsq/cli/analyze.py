@@ -23,6 +23,8 @@ Examples:
   ptsq analyze examples.reference.imagenet:efficientnet_lite0 --calib photos/ --preset effnet-lite --plot layers.png
 
   ptsq analyze mypkg.models:build_net --weights net.pth --calib images/ --json
+
+  ptsq analyze torchvision:resnet18 --weights resnet18.pth --calib images/ --ray auto   (layers tried in parallel)
 """
 
 
@@ -54,6 +56,8 @@ def analyze_cmd(
     ] = 1.0,
     plot: Annotated[str | None, typer.Option("--plot", help="Write a bar chart (PNG) of the ranking here.")] = None,
     report_file: o.ReportOpt = None,
+    ray: o.RayOpt = None,
+    workers: o.WorkersOpt = None,
     json_out: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
     **pre: Any,
@@ -78,7 +82,10 @@ def analyze_cmd(
     images = CalibrationImages(
         calib, pre, num=config.calibration.num, batch_size=config.calibration.batch_size, seed=config.seed
     )
-    report = analyze(loaded.model, images, config=config, top=top, min_gain_db=min_gain, progress=out.progress)
+    report = analyze(
+        loaded.model, images, config=config, top=top, min_gain_db=min_gain, progress=out.progress, ray=ray,
+        workers=workers,
+    )  # fmt: skip
     data: dict[str, Any] = {"model": model, "calib": calib, **report.to_dict()}
     flags = _given_flags(ctx, {**params, **params["pre"]})  # every option that shaped this analysis
     data["options"] = flags  # lets a report rebuild this very analyze command

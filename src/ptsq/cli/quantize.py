@@ -118,6 +118,8 @@ def quantize_cmd(
     min_sqnr: acc.MinSqnrOpt = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite OUTPUT if it exists.")] = False,
     report_file: o.ReportOpt = None,
+    ray: o.RayOpt = None,
+    workers: o.WorkersOpt = None,
     json_out: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
     **pre: Any,
@@ -159,7 +161,8 @@ def _quantize(ctx: typer.Context, p: dict[str, Any]) -> None:
         if budget and config.mode == "static":
             qm = acc.run_budget(loaded.model, data.data, config, data.preprocess, out, max_drop=p["max_drop"],
                                 min_agreement=p["min_agreement"], min_sqnr=p["min_sqnr"], eval_data=p["eval_data"],
-                                batch_size=config.calibration.batch_size, max_images=p["max_images"])  # fmt: skip
+                                batch_size=config.calibration.batch_size, max_images=p["max_images"],
+                                ray=p["ray"], workers=p["workers"])  # fmt: skip
         else:
             qm = quantize(loaded.model, data.data, config, example_inputs=data.example, progress=out.progress,
                           preprocess=data.preprocess, source=data.source, log=out.info)  # fmt: skip
