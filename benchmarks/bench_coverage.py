@@ -17,6 +17,7 @@ a few and keeps the rest), then rendered to COVERAGE.md. ``make coverage`` runs 
     python -m benchmarks.bench_coverage                   # everything (long: ~1 h on 2 cores)
     python -m benchmarks.bench_coverage --only resnet18,tv_det:ssdlite320_mobilenet_v3_large
     python -m benchmarks.bench_coverage --limit 5 --timeout 120
+    python -m benchmarks.bench_coverage --ray auto --workers 2   # models as Ray tasks (pip install 'ptsq[ray]')
 """
 
 from __future__ import annotations
@@ -289,6 +290,29 @@ def _child(e: Entry, conn: Any) -> None:
         conn.close()
 
 
+def run_entry(e: Entry, speed_guard: float) -> dict[str, Any]:
+    """:func:`run_one` in a Ray worker, which has not parsed this script's options."""
+    _SETTINGS["speed_guard"] = speed_guard
+    return run_one(e)
+
+
+def run_on_ray(todo: list[Entry], args: Any, record: Any) -> None:
+    """Each model as a Ray task (a crash or a hang is reported as that model's failure, as with --jobs)."""
+    from ptsq.distributed.cluster import Cluster
+    from ptsq.distributed.fanout import fan_out
+
+    def done(i: int, out: Any) -> None:
+        e = todo[i]
+        rec = out.value if out.ok else {"key": e.key, "family": e.family, "task": e.task, "status": "failed",
+                                        "stage": "?", "reason": out.error}  # fmt: skip
+        record(e, rec)
+
+    with Cluster(args.ray, args.workers, ship=[HERE]) as cluster:  # workers import this package
+        print(f"ray: {cluster.describe()}, {cluster.slots()} model(s) at once", file=sys.stderr, flush=True)
+        jobs = [(e.key, (e, args.speed_guard)) for e in todo]
+        fan_out(run_entry, jobs, cluster, timeout=args.timeout, retries=1, on_result=done)
+
+
 def run_isolated(e: Entry, timeout: float) -> dict[str, Any]:
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
@@ -377,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         "--speed-guard", type=float, default=None, help="QuantConfig.speed_guard (default: ptsq's; 0 = off)"
     )
     ap.add_argument("--jobs", type=int, default=1, help="models measured at once (each at 1 thread)")
+    ap.add_argument("--ray", default=None, help="run the models as Ray tasks: auto (a local instance) or HOST:PORT")
+    ap.add_argument("--workers", type=int, default=None, help="with --ray: models at once (default: every CPU)")
     ap.add_argument("--reverse", action="store_true", help="run the list backwards (a second runner)")
     ap.add_argument("--resume", action="store_true", help="skip models already in the JSON")
     ap.add_argument("--task", default="", help="only models of this task: classification|segmentation|detection")
@@ -438,24 +464,34 @@ def main(argv: list[str] | None = None) -> int:
     data["speed_guard"] = args.speed_guard
     by_key = {r["key"]: r for r in data["rows"]}
     t_all = time.perf_counter()
-    from concurrent.futures import ThreadPoolExecutor
+    count = [0]
 
-    pool = ThreadPoolExecutor(max_workers=max(1, args.jobs))
-    futures = [pool.submit(run_isolated, e, args.timeout) for e in todo]
-    for i, (e, fut) in enumerate(zip(todo, futures), 1):
-        rec = fut.result()
+    def record(e: Entry, rec: dict[str, Any]) -> None:
+        count[0] += 1
         by_key[e.key] = rec
         data["rows"] = sorted(by_key.values(), key=lambda r: r["key"])
         save_results(data, out_path)
         extra = f" {rec.get('reason', '')}" if rec["status"] != "ok" else ""
         print(
-            f"[{i}/{len(todo)} {time.perf_counter() - t_all:.0f}s] {e.key}: {rec['status']} "
+            f"[{count[0]}/{len(todo)} {time.perf_counter() - t_all:.0f}s] {e.key}: {rec['status']} "
             f"share={rec.get('int8_share')} speedup={rec.get('speedup')} sqnr={rec.get('sqnr_db')} "
             f"({rec.get('seconds')} s){extra}",
             file=sys.stderr,
             flush=True,
         )
-    pool.shutdown()
+
+    if args.ray:
+        run_on_ray(todo, args, record)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=max(1, args.jobs))
+        futures = [pool.submit(run_isolated, e, args.timeout) for e in todo]
+        for e, fut in zip(todo, futures):
+            record(e, fut.result())
+        pool.shutdown()
+    data["wall_seconds"] = round(time.perf_counter() - t_all, 1)
+    save_results(data, out_path)
     if out_path == RESULTS:
         render(data, REPORT)
     print(summary_line(data["summary"]))

@@ -25,7 +25,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ptsq.distributed.cluster import Cluster
+from ptsq.distributed.cluster import Cluster, deferred_interrupts
 from ptsq.distributed.pickling import dumps, loads
 from ptsq.errors import ClusterError, ModelLoadError, PtsqError, first_line
 
@@ -109,7 +109,8 @@ def ordered_map(
     actors = [actor_cls.remote(threads, engine) for _ in range(n_actors)]
     try:
         try:  # load the context everywhere first: a worker that cannot import the model's code fails once, here
-            ray.get([a.ready.remote(box, what) for a in actors])
+            ready = [a.ready.remote(box, what) for a in actors]
+            ray.get(cluster.wait(ready, num_returns=len(ready)))
         except Exception as exc:
             raise unwrap(exc, what) from None
         pending: dict[Any, tuple[int, int]] = {}  # result ref -> (item index, actor index)
@@ -123,7 +124,7 @@ def ordered_map(
                     pending[actors[a].run.remote(fn, box, what, items[submitted])] = (submitted, a)
                     load[a] += 1
                     submitted += 1
-                ready, _ = ray.wait(list(pending), num_returns=1)
+                ready = cluster.wait(list(pending))
                 i, a = pending.pop(ready[0])
                 load[a] -= 1
                 try:
@@ -132,9 +133,10 @@ def ordered_map(
                     raise unwrap(exc, what) from None
             yield results.pop(want)
     finally:
-        for a in actors:
-            with contextlib.suppress(Exception):
-                ray.kill(a, no_restart=True)
+        with deferred_interrupts():
+            for a in actors:
+                with contextlib.suppress(Exception):
+                    ray.kill(a, no_restart=True)
 
 
 __all__ = ["MapWorker", "ordered_map", "unwrap"]

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -119,6 +120,51 @@ def _quiet(ray: ModuleType) -> None:
     worker.print_to_stdstream = print_to_stdstream
 
 
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Ctrl-C (or SIGTERM) during a Ray call is held until the call returns, then raised as KeyboardInterrupt.
+
+    Raised inside Ray's C++ code (``ray.init``, ``ray.wait``) it can leave the core worker half torn down,
+    and the process then crashes on exit (SIGSEGV) after ptsq has cleaned up; between calls it is safe.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+
+    def hold(signum: int, _frame: object) -> None:
+        got.append(signum)
+
+    old = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if got:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 on /dev/null while Ray starts: its C++ core announces its log level there, unasked.
+
+    Failures still surface, as the exception ``ray.init`` raises; PTSQ_DEBUG=1 leaves stderr alone.
+    """
+    if _debug():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class Cluster:
     """A Ray connection for the duration of a ``with`` block.
 
@@ -165,6 +211,8 @@ class Cluster:
             return
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # ptsq sends nothing anywhere
         os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")  # failures are reported per job instead
+        if not _debug():  # the driver's C++ core would log its view of a failure on stderr; ptsq says it once
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         _quiet(ray)
         kwargs: dict[str, Any] = dict(
             include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, runtime_env=self.runtime_env
@@ -177,7 +225,8 @@ class Cluster:
         main = threading.current_thread() is threading.main_thread()
         old_term = signal.getsignal(signal.SIGTERM) if main else None
         try:
-            ray.init(**kwargs)
+            with deferred_interrupts(), _stderr_silenced():
+                ray.init(**kwargs)
         except KeyboardInterrupt:
             self._shutdown_quietly(ray)
             raise
@@ -208,7 +257,7 @@ class Cluster:
 
     @staticmethod
     def _shutdown_quietly(ray: ModuleType) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception), deferred_interrupts():
             ray.shutdown()
 
     def close(self) -> None:
@@ -223,6 +272,18 @@ class Cluster:
         if self._ray is None:
             raise RuntimeError("Cluster.connect() first")
         return self._ray
+
+    def wait(self, refs: Sequence[Any], num_returns: int = 1, timeout: float | None = None) -> list[Any]:
+        """``ray.wait`` in short steps: a Ctrl-C is raised between them, never inside Ray (see deferred_interrupts)."""
+        import time
+
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = 0.5 if end is None else max(0.0, min(0.5, end - time.monotonic()))
+            with deferred_interrupts():
+                ready, _ = self.ray.wait(list(refs), num_returns=min(num_returns, len(refs)), timeout=step)
+            if len(ready) >= min(num_returns, len(refs)) or (end is not None and time.monotonic() >= end):
+                return ready
 
     def cpus(self) -> int:
         return int(self.ray.cluster_resources().get("CPU", 0))
@@ -270,4 +331,6 @@ def using(ray: str | Cluster | None, workers: int | None = None) -> Iterator[Clu
         yield cluster
 
 
-__all__ = ["INSTALL_HINT", "Cluster", "check_reachable", "check_workers", "require_ray", "using"]
+__all__ = [
+    "INSTALL_HINT", "Cluster", "check_reachable", "check_workers", "deferred_interrupts", "require_ray", "using",
+]  # fmt: skip

@@ -18,12 +18,13 @@ them gets the same answer as a sequential loop over the same jobs.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ptsq.distributed.cluster import Cluster
+from ptsq.distributed.cluster import Cluster, deferred_interrupts
 from ptsq.distributed.pickling import dumps, loads
 from ptsq.errors import first_line
 from ptsq.progress import task
@@ -119,7 +120,7 @@ def fan_out(
                 if timeout is not None:
                     oldest = min(t0 for _, t0 in running.values())
                     wait = max(0.0, oldest + timeout - time.perf_counter())
-                ready, _ = ray.wait(list(running), num_returns=1, timeout=wait)
+                ready = cluster.wait(list(running), timeout=wait)
                 now = time.perf_counter()
                 if not ready:  # the oldest job ran out of time: kill its worker, report it
                     for ref, (i, t0) in list(running.items()):
@@ -148,8 +149,10 @@ def fan_out(
                 if on_result:
                     on_result(i, out)
         finally:
-            for ref in running:  # interrupted or failed: leave nothing running on the cluster
-                ray.cancel(ref, force=True)
+            with deferred_interrupts():
+                for ref in running:  # interrupted or failed: leave nothing running on the cluster
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref, force=True)
     return [o for o in outcomes if o is not None]
 
 
