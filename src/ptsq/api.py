@@ -79,6 +79,8 @@ def quantize(
     source: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
     labelled: bool | None = None,
+    ray: Any = None,
+    workers: int | None = None,
 ) -> QuantizedModel:
     """Quantize ``model`` to int8 as ``config`` says (default: static PTQ on the FX engine), checked against fp32.
 
@@ -88,9 +90,16 @@ def quantize(
     the last batches are held back for the self-check (``summary()["check"]``). The input model is never
     modified.
     ``log`` receives one-line progress notes (e.g. which engine ``auto`` is trying).
+    ``ray`` (``"auto"``, a cluster address or a Cluster): with ``engine="auto"``, every engine quantizes in its
+    own Ray worker (``workers`` at once); the driver then times the results interleaved, as without.
     """
     _check_model(model)
     config = config or QuantConfig()
+    if ray is not None and config.engine != "auto":
+        raise ConfigError(
+            "ray= runs the engine trials of engine='auto' in parallel; one engine has nothing to spread",
+            "use --engine auto with --ray, or drop --ray",
+        )
     kw = dict(example_inputs=example_inputs, progress=progress, transform=transform, preprocess=preprocess,
               source=source, labelled=labelled)  # fmt: skip
     if config.engine != "auto":
@@ -113,11 +122,66 @@ def quantize(
     if example is None:
         example = example_from_batch(model, batches[0])[0] if batches else model.example_inputs()  # type: ignore[operator]
     example = tuple(example) if isinstance(example, (tuple, list)) else (example,)
-    return select.choose(
-        names, lambda name: _run_mode(model, batches, config.replace(engine=name), **kw), fp32=model,
-        example=example, config=config, criterion=select.DYNAMIC if dynamic else select.STATIC,
-        progress=progress, say=log,
-    )  # fmt: skip
+    from ptsq.distributed.cluster import using
+
+    with using(ray, workers) as cluster:
+        run = (
+            (lambda name: _run_mode(model, batches, config.replace(engine=name), **kw))
+            if cluster is None
+            else _trials_on(cluster, names, (model, batches, config, {**kw, "progress": False}), example, progress)
+        )
+        return select.choose(
+            names, run, fp32=model, example=example, config=config,
+            criterion=select.DYNAMIC if dynamic else select.STATIC, progress=progress, say=log,
+        )  # fmt: skip
+
+
+def engine_trial(ctx: tuple[nn.Module, Any, QuantConfig, dict[str, Any]], name: str) -> tuple[str, bytes, dict]:
+    """One engine of ``engine="auto"``, in a Ray worker: quantize, save; the artifact's file name and bytes go back."""
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    model, batches, config, kw = ctx
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a poor engine is reported in the table, not warned about
+        qm = _run_mode(model, batches, config.replace(engine=name), **kw)
+    with tempfile.TemporaryDirectory(prefix="ptsq-auto-") as d:
+        path = qm.save(Path(d) / f"model.{name}")
+        return path.name, path.read_bytes(), dict(qm.stats)
+
+
+def _trials_on(
+    cluster: Any, names: list[str], ctx: tuple[Any, ...], example: tuple[Any, ...], progress: bool
+) -> Callable[[str], QuantizedModel]:
+    """Run every engine's trial as a Ray task; ``run(name)`` then hands :func:`select.choose` its result.
+
+    Each trial reserves one CPU but runs at this process's torch thread count: the speed guard's verdicts
+    (which layers stay fp32) depend on it, and the results must be those of the sequential path.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from ptsq.distributed.fanout import fan_out
+    from ptsq.errors import QuantizationError
+    from ptsq.quantized import from_artifact
+
+    jobs = [(n, (n,)) for n in names]
+    done = {o.key: o for o in fan_out(engine_trial, jobs, cluster, shared=ctx, torch_threads=torch.get_num_threads(),
+                                      progress=progress, description="engines")}  # fmt: skip
+
+    def run(name: str) -> QuantizedModel:
+        out = done[name]
+        if not out.ok:
+            raise QuantizationError(str(out.error), f"run that engine alone (--engine {name}) to see the details")
+        fname, data, stats = out.value
+        with tempfile.TemporaryDirectory(prefix="ptsq-auto-") as d:
+            (Path(d) / fname).write_bytes(data)
+            qm = from_artifact(Path(d) / fname, example)
+        qm.stats.update(stats)
+        return qm
+
+    return run
 
 
 def quantize_dynamic(
@@ -129,4 +193,4 @@ def quantize_dynamic(
     return quantize(model, data, (config or QuantConfig()).replace(mode="dynamic"), **kw)
 
 
-__all__ = ["QuantizationWarning", "load", "quantize", "quantize_dynamic"]
+__all__ = ["QuantizationWarning", "engine_trial", "load", "quantize", "quantize_dynamic"]

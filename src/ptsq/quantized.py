@@ -108,6 +108,23 @@ class ArtifactModel(nn.Module):
         return load_bytes, (self.path.name, self.path.read_bytes())
 
 
+def from_artifact(path: str | os.PathLike[str], example_args: tuple[Any, ...]) -> QuantizedModel:
+    """A QuantizedModel for an artifact quantized elsewhere (e.g. by a Ray worker for ``engine="auto"``).
+
+    It runs like the fresh model; ``save`` writes the same int8 model again with the manifest as it is then
+    (the engine's own loader and saver, the same round trip for every engine). There is no calibrated fp32
+    graph in ``result.debug``: per-layer analysis needs the model quantized in this process.
+    """
+    from ptsq.engines.base import LayerPrecision
+
+    art = load(path)
+    rows = [LayerPrecision(r["name"], r["op"], r["precision"], r.get("reason", "")) for r in art.manifest["precision"]]
+    # the module is frozen already (FX); freezing it again on save would fail and is not needed
+    details = {**art.manifest.get("details", {}), "freeze": False}
+    result = EngineResult(art.module, rows, list(art.manifest.get("notes", [])), details)
+    return QuantizedModel(result, art.manifest, tuple(example_args))
+
+
 _BYTES_DIR: list[str] = []  # one private folder per process for artifacts received as bytes
 
 
@@ -164,4 +181,4 @@ def manifest_of(path: str | os.PathLike[str]) -> dict[str, Any]:
     return read_manifest(path)
 
 
-__all__ = ["ArtifactModel", "QuantizedModel", "load", "load_bytes", "manifest_of"]
+__all__ = ["ArtifactModel", "QuantizedModel", "from_artifact", "load", "load_bytes", "manifest_of"]

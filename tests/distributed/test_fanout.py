@@ -71,3 +71,32 @@ def test_cli_analyze_on_ray_same_ranking(ray_cluster, labelled, small_files):
     many = run_cli(*args, "--ray", address, "--workers", "2")
     assert one.code == 0 and many.code == 0, many.stderr
     assert json.loads(many.stdout) == json.loads(one.stdout)
+
+
+@pytest.mark.slow
+def test_engine_auto_trials_on_ray_same_table(ray_cluster, tmp_path):
+    import ptsq
+
+    torch.manual_seed(0)
+    model = randomize_bn(SmallNet())
+    g = torch.Generator().manual_seed(0)
+    calib = [torch.randn(8, 3, 32, 32, generator=g) for _ in range(4)]
+    cfg = ptsq.QuantConfig(engine="auto", speed_guard=0).replace(**{"auto.engines": ("fx", "onnx")})
+    one = ptsq.quantize(model, calib, cfg, progress=False)
+    many = ptsq.quantize(model, calib, cfg, progress=False, ray=ray_cluster, workers=2)
+
+    def table(qm):  # the engines' check rows; timings (and so the choice) are this machine's noise
+        return [{k: v for k, v in r.items() if k not in ("median_ms", "speedup", "bytes", "chosen")}
+                for r in qm.manifest["auto"]["engines"]]  # fmt: skip
+
+    assert table(many) == table(one) and len(table(one)) == 2
+    chosen = many.manifest["auto"]["chosen"]
+    saved = ptsq.load(many.save(tmp_path / "auto.bin"))  # rebuilt from the worker's artifact, saved again
+    assert saved.manifest["auto"]["chosen"] == chosen and saved.manifest["engine"] == chosen
+    x = calib[0]
+    assert torch.equal(torch.as_tensor(saved(x)).float(), torch.as_tensor(many(x)).float())
+
+
+def test_quantize_ray_needs_something_to_spread():
+    res = run_cli("quantize", f"{MODELS}:SmallNet", "--calib", ".", "-o", "x.pt", "--ray", "auto")
+    assert res.code == 2 and "has neither" in res.stderr, res.stderr

@@ -36,6 +36,8 @@ Examples:
 
   ptsq quantize torchvision:resnet18 --calib images/ --engine auto -o resnet18_int8.bin
 
+  ptsq quantize torchvision:resnet18 --calib images/ --engine auto --ray auto -o r18.bin   (engines in parallel)
+
   ptsq quantize mypkg.text:build_encoder --mode dynamic --engine onnx -o encoder_int8.onnx
 
   ptsq quantize mypkg.text:encoder --mode dynamic --calib sentences.txt --tokenizer tokenizer_dir/ -o enc.pt
@@ -139,6 +141,8 @@ def _quantize(ctx: typer.Context, p: dict[str, Any]) -> None:
     config = cfg.build_config(ctx, p)
     budget = acc.budget_requested(p["max_drop"], p["min_agreement"], p["min_sqnr"])
     acc.check_budget(p["max_drop"], p["min_agreement"], p["min_sqnr"], p["eval_data"])
+    if p["ray"] is not None or p["workers"] is not None:
+        _check_ray(p["ray"], p["workers"], budget, config.engine)
     if config.mode == "static" and not p["calib"]:
         from ptsq.errors import ConfigError
 
@@ -164,8 +168,10 @@ def _quantize(ctx: typer.Context, p: dict[str, Any]) -> None:
                                 batch_size=config.calibration.batch_size, max_images=p["max_images"],
                                 ray=p["ray"], workers=p["workers"])  # fmt: skip
         else:
+            ray = p["ray"] if config.engine == "auto" else None
             qm = quantize(loaded.model, data.data, config, example_inputs=data.example, progress=out.progress,
-                          preprocess=data.preprocess, source=data.source, log=out.info)  # fmt: skip
+                          preprocess=data.preprocess, source=data.source, log=out.info, ray=ray,
+                          workers=p["workers"] if ray else None)  # fmt: skip
     if data.calibration is not None:
         if warned := data.calibration.skipped_warning():
             out.warn(warned)
@@ -181,6 +187,23 @@ def _quantize(ctx: typer.Context, p: dict[str, Any]) -> None:
     summary = _summary(qm, loaded.model, target, config.mode, time.perf_counter() - t0)
     _report.write(out, report_path, summary, artifacts=[target], quantize=summary)
     out.result(summary, render)
+
+
+def _check_ray(ray: str | None, workers: int | None, budget: bool, engine: str) -> None:
+    """--ray spreads the engine trials of --engine auto and a budget's layer trials; say so before any work."""
+    from ptsq.distributed.cluster import check_workers, require_ray
+    from ptsq.errors import ConfigError
+
+    check_workers(workers)
+    if ray is None:
+        raise ConfigError("--workers needs --ray", "add --ray auto (a local Ray instance), or drop --workers")
+    if engine != "auto" and not budget:
+        raise ConfigError(
+            "--ray spreads the engine trials of --engine auto and an accuracy budget's layer trials; "
+            "this command has neither",
+            "add --engine auto or --max-drop/--min-agreement/--min-sqnr, or drop --ray",
+        )
+    require_ray()
 
 
 def _advice(model: Any, pre: Any, mode: str) -> str | None:

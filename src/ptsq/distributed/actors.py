@@ -20,12 +20,11 @@ reference. Files named in the items must be readable at the same path on every n
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ptsq.distributed.cluster import Cluster, deferred_interrupts
+from ptsq.distributed.cluster import Cluster
 from ptsq.distributed.pickling import dumps, loads
 from ptsq.errors import ClusterError, ModelLoadError, PtsqError, first_line
 
@@ -34,7 +33,8 @@ RESTARTS = 3  # an actor that dies is restarted (and its items retried) this man
 
 
 class MapWorker:
-    """A Ray actor: the context, loaded on first use (and again after a restart), and ``fn`` applied to items."""
+    """A Ray actor: the current context, loaded on first use (and again after a restart or for a new context),
+    and ``fn`` applied to items."""
 
     def __init__(self, threads: int, engine: str) -> None:
         import torch
@@ -43,12 +43,13 @@ class MapWorker:
         if engine in torch.backends.quantized.supported_engines:
             torch.backends.quantized.engine = engine  # int8 modules run the driver's kernels
         self.ctx: Any = None
-        self.loaded = False
+        self.key: str | None = None
 
     def _context(self, box: list[Any], what: str) -> Any:
-        if not self.loaded:
+        if self.key != box[0].hex():
             import ray
 
+            self.ctx, self.key = None, None  # the previous context's models go before the next ones load
             try:
                 self.ctx = loads(ray.get(box[0]))
             except Exception as exc:
@@ -56,7 +57,7 @@ class MapWorker:
                     f"a Ray worker cannot load the {what}: {type(exc).__name__}: {first_line(exc)}",
                     "install what the model's code imports on every node, or run without --ray",
                 ) from None
-            self.loaded = True
+            self.key = box[0].hex()
         return self.ctx
 
     def ready(self, box: list[Any], what: str) -> int:
@@ -65,6 +66,18 @@ class MapWorker:
 
     def run(self, fn: Callable[[Any, Any], Any], box: list[Any], what: str, item: Any) -> Any:
         return fn(self._context(box, what), item)
+
+
+def actor_pool(cluster: Cluster, threads: int, n: int) -> list[Any]:
+    """``n`` MapWorker actors of ``threads`` CPUs, kept on ``cluster`` between calls (started once per process:
+    Python, torch and ptsq load once), killed when the cluster closes or a map fails."""
+    import torch
+
+    pool = cluster.actors.setdefault(("map", threads), [])
+    cls = cluster.ray.remote(MapWorker).options(num_cpus=threads, max_restarts=RESTARTS, max_task_retries=RESTARTS)
+    while len(pool) < n:
+        pool.append(cls.remote(threads, torch.backends.quantized.engine))
+    return pool[:n]
 
 
 def unwrap(exc: BaseException, what: str = "work") -> BaseException:
@@ -97,16 +110,12 @@ def ordered_map(
     """Yield ``fn(ctx, item)`` for every item, in item order, computed on ``cluster.slots(threads)`` actors.
 
     ``fn`` must be importable on the workers (a module-level function of ptsq). ``what`` names the
-    context in errors ("a Ray worker cannot load the models: ..."). Actors are killed on exit.
+    context in errors ("a Ray worker cannot load the models: ..."). The actors stay up for the next call
+    on the same cluster (see :func:`actor_pool`).
     """
-    import torch
-
     ray = cluster.ray
     box = [ray.put(dumps(ctx))]
-    n_actors = max(1, min(cluster.slots(threads), len(items)))
-    actor_cls = ray.remote(MapWorker).options(num_cpus=threads, max_restarts=RESTARTS, max_task_retries=RESTARTS)
-    engine = torch.backends.quantized.engine
-    actors = [actor_cls.remote(threads, engine) for _ in range(n_actors)]
+    actors = actor_pool(cluster, threads, max(1, min(cluster.slots(threads), len(items))))
     try:
         try:  # load the context everywhere first: a worker that cannot import the model's code fails once, here
             ready = [a.ready.remote(box, what) for a in actors]
@@ -114,7 +123,7 @@ def ordered_map(
         except Exception as exc:
             raise unwrap(exc, what) from None
         pending: dict[Any, tuple[int, int]] = {}  # result ref -> (item index, actor index)
-        load = [0] * n_actors
+        load = [0] * len(actors)
         results: dict[int, Any] = {}
         submitted = 0
         for want in range(len(items)):
@@ -132,11 +141,9 @@ def ordered_map(
                 except Exception as exc:
                     raise unwrap(exc, what) from None
             yield results.pop(want)
-    finally:
-        with deferred_interrupts():
-            for a in actors:
-                with contextlib.suppress(Exception):
-                    ray.kill(a, no_restart=True)
+    except BaseException:  # failed or interrupted: no half-busy actor is left for the next call
+        cluster.release_actors()
+        raise
 
 
-__all__ = ["MapWorker", "ordered_map", "unwrap"]
+__all__ = ["MapWorker", "actor_pool", "ordered_map", "unwrap"]

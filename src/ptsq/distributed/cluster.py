@@ -189,6 +189,7 @@ class Cluster:
         self.workers = workers
         self.ship = [str(Path(p).resolve()) for p in ship]
         self.num_cpus = num_cpus
+        self.actors: dict[Any, list[Any]] = {}  # actor pools kept between calls (ptsq.distributed.actors)
         self.owned = False  # we started the instance (auto) or opened the connection (address)
         self.started = False  # we started a local instance
         self._ray: ModuleType | None = None
@@ -260,8 +261,20 @@ class Cluster:
         with contextlib.suppress(Exception), deferred_interrupts():
             ray.shutdown()
 
+    def release_actors(self) -> None:
+        """Kill the actors kept between calls (their CPUs go back to the cluster, e.g. for fan-out tasks)."""
+        if self._ray is None:
+            return
+        with deferred_interrupts():
+            for pool in self.actors.values():
+                for actor in pool:
+                    with contextlib.suppress(Exception):
+                        self._ray.kill(actor, no_restart=True)
+        self.actors.clear()
+
     def close(self) -> None:
-        """Shut down the local instance we started (or disconnect from the cluster we joined)."""
+        """Kill our actors; shut down the local instance we started (or disconnect from the cluster we joined)."""
+        self.release_actors()
         if self.owned and self._ray is not None:
             self._shutdown_quietly(self._ray)
             self.owned = False

@@ -26,7 +26,7 @@ from typing import Any
 
 from ptsq.distributed.cluster import Cluster, deferred_interrupts
 from ptsq.distributed.pickling import dumps, loads
-from ptsq.errors import first_line
+from ptsq.errors import PtsqError, first_line
 from ptsq.progress import task
 
 
@@ -71,6 +71,8 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
         return "timeout", "cancelled"
     if isinstance(exc, rx.RayTaskError):
         cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+        if isinstance(cause, PtsqError):  # ptsq's own errors are written for the user: their message alone
+            return "error", cause.message
         return "error", f"{type(cause).__name__}: {first_line(cause)}"
     if isinstance(exc, (rx.WorkerCrashedError, rx.ActorDiedError, rx.NodeDiedError, rx.OutOfMemoryError)):
         return "crashed", f"its worker process died ({type(exc).__name__}) on every attempt"
@@ -87,17 +89,21 @@ def fan_out(
     retries: int = 2,
     isolate: bool = False,
     threads: int = 1,
+    torch_threads: int | None = None,
     progress: bool = False,
     description: str = "jobs",
     on_result: Callable[[int, Outcome], None] | None = None,
 ) -> list[Outcome]:
     """Run ``fn(*args)`` (``fn(shared, *args)`` when ``shared`` is given) for every ``(key, args)`` job.
 
-    At most ``cluster.slots(threads)`` jobs run at once, each with ``threads`` CPUs (and torch threads).
+    At most ``cluster.slots(threads)`` jobs run at once, each with ``threads`` CPUs and ``torch_threads``
+    torch threads (default ``threads``; more oversubscribes, for jobs whose results depend on the thread
+    count, such as the speed guard's verdicts).
     ``fn`` must be importable on the workers (a module-level function of ptsq or of a shipped folder).
     ``on_result(index, outcome)`` is called as each job finishes (in completion order).
     """
     ray = cluster.ray
+    cluster.release_actors()  # idle evaluation actors would hold the CPUs these tasks need
     remote = ray.remote(max_calls=1 if isolate else 0)(_call).options(
         num_cpus=threads, max_retries=retries, retry_exceptions=False
     )
@@ -115,7 +121,8 @@ def fan_out(
             while todo or running:
                 while todo and len(running) < slots:
                     i = todo.pop()
-                    running[remote.remote(fn, box, jobs[i][1], threads, engine)] = (i, time.perf_counter())
+                    ref = remote.remote(fn, box, jobs[i][1], torch_threads or threads, engine)
+                    running[ref] = (i, time.perf_counter())
                 wait = None
                 if timeout is not None:
                     oldest = min(t0 for _, t0 in running.values())
