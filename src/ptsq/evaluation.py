@@ -367,6 +367,9 @@ def run_models(models: Sequence[nn.Module], names: Sequence[str], x: torch.Tenso
     return outs
 
 
+ITEM_IMAGES = 256  # images per Ray work item (whole batches): amortises the per-call cost of a Ray actor
+
+
 def evaluate(
     models: Sequence[nn.Module],
     data: str | Path,
@@ -437,21 +440,29 @@ def evaluate(
     )  # fmt: skip
 
 
-def run_chunk(ctx: tuple[Sequence[nn.Module], Sequence[str], Preprocess], paths: Sequence[str]) -> tuple:
-    """One batch on a worker: decode ``paths``, run every model. Returns (decoded positions, skipped, outputs)."""
+def run_chunks(ctx: tuple[Sequence[nn.Module], Sequence[str], Preprocess], chunks: Sequence[Sequence[str]]) -> list:
+    """Batches on a worker: for each, decode its paths and run every model on them.
+
+    Returns one (decoded positions, skipped files, outputs) per batch; each batch is the one a single
+    process would form, so the outputs are the same numbers.
+    """
     models, names, pre = ctx
-    xs, ok, skipped = [], [], []
-    for k, p in enumerate(paths):
-        try:
-            xs.append(_decode(Path(p), pre))
-        except ImageDecodeError as exc:
-            skipped.append((p, exc.reason))
+    out = []
+    for paths in chunks:
+        xs, ok, skipped = [], [], []
+        for k, p in enumerate(paths):
+            try:
+                xs.append(_decode(Path(p), pre))
+            except ImageDecodeError as exc:
+                skipped.append((p, exc.reason))
+                continue
+            ok.append(k)
+        if not xs:
+            out.append((ok, skipped, []))
             continue
-        ok.append(k)
-    if not xs:
-        return ok, skipped, []
-    with torch.inference_mode():
-        return ok, skipped, [plain(o) for o in run_models(models, names, torch.stack(xs))]
+        with torch.inference_mode():
+            out.append((ok, skipped, [plain(o) for o in run_models(models, names, torch.stack(xs))]))
+    return out
 
 
 def plain(out: Any) -> Any:
@@ -479,14 +490,22 @@ def _evaluate_on(
     batch_size: int,
     threads: int,
 ) -> None:
-    """The same batches as :func:`image_batches`, run by Ray actors that hold the models; folded in order."""
+    """The same batches as :func:`image_batches`, run by Ray actors that hold the models; folded in order.
+
+    Several consecutive batches travel as one work item (at least ``ITEM_IMAGES`` images), so that Ray's
+    per-call cost stays small next to the work, whatever the batch size.
+    """
     from ptsq.distributed.actors import ordered_map
 
     paths = [str(p) for p in found.paths]
     starts = range(0, len(paths), batch_size)
     chunks = [paths[s : s + batch_size] for s in starts]
-    results = ordered_map(run_chunk, (list(models), list(names), pre), chunks, cluster, threads=threads, what="models")
-    for start, chunk, (ok, bad, outs) in zip(starts, chunks, results):
+    # but at least 4 items per worker, so that the work still spreads (and a slow worker is caught up on)
+    per_item = max(1, min(-(-ITEM_IMAGES // batch_size), len(chunks) // (4 * cluster.slots(threads))))
+    items = [chunks[i : i + per_item] for i in range(0, len(chunks), per_item)]
+    results = ordered_map(run_chunks, (list(models), list(names), pre), items, cluster, threads=threads, what="models")
+    flat = (batch for item in results for batch in item)
+    for start, chunk, (ok, bad, outs) in zip(starts, chunks, flat):
         skipped += bad
         update(start + len(chunk))
         if ok:
@@ -518,5 +537,5 @@ def _check_classes(found: Labelled, n_outputs: int, name: str) -> None:
 
 __all__ = [
     "EvalResult", "Labelled", "ModelScore", "Tally", "evaluate", "find_labelled", "image_batches",
-    "plain", "preprocess_from_artifacts", "run_chunk", "run_models",
+    "plain", "preprocess_from_artifacts", "run_chunks", "run_models",
 ]  # fmt: skip
