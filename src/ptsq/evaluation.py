@@ -505,7 +505,7 @@ def _evaluate_on(
     items = [chunks[i : i + per_item] for i in range(0, len(chunks), per_item)]
     results = ordered_map(run_chunks, (list(models), list(names), pre), items, cluster, threads=threads, what="models")
     flat = (batch for item in results for batch in item)
-    for start, chunk, (ok, bad, outs) in zip(starts, chunks, flat):
+    for (ok, bad, outs), start, chunk in zip(flat, starts, chunks):  # flat first: it runs to its end
         skipped += bad
         update(start + len(chunk))
         if ok:

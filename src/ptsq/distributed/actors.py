@@ -116,13 +116,13 @@ def ordered_map(
     ray = cluster.ray
     box = [ray.put(dumps(ctx))]
     actors = actor_pool(cluster, threads, max(1, min(cluster.slots(threads), len(items))))
+    pending: dict[Any, tuple[int, int]] = {}  # result ref -> (item index, actor index)
     try:
         try:  # load the context everywhere first: a worker that cannot import the model's code fails once, here
             ready = [a.ready.remote(box, what) for a in actors]
             ray.get(cluster.wait(ready, num_returns=len(ready)))
         except Exception as exc:
             raise unwrap(exc, what) from None
-        pending: dict[Any, tuple[int, int]] = {}  # result ref -> (item index, actor index)
         load = [0] * len(actors)
         results: dict[int, Any] = {}
         submitted = 0
@@ -141,8 +141,9 @@ def ordered_map(
                 except Exception as exc:
                     raise unwrap(exc, what) from None
             yield results.pop(want)
-    except BaseException:  # failed or interrupted: no half-busy actor is left for the next call
-        cluster.release_actors()
+    except BaseException as exc:  # failed, interrupted, or abandoned with work in flight: no half-busy actor
+        if pending or not isinstance(exc, GeneratorExit):  # is left for the next call
+            cluster.release_actors()
         raise
 
 

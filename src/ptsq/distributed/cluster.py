@@ -220,7 +220,12 @@ class Cluster:
         )
         if self.address == "auto":
             cpus = self.num_cpus or _usable_cpus()
-            kwargs.update(address="local", num_cpus=cpus, object_store_memory=_store_bytes())
+            # workers as nice as this process (Ray's default, +15, starves them on a shared machine: ptsq
+            # --ray would then lose to ptsq without it for no reason of its own)
+            kwargs.update(
+                address="local", num_cpus=cpus, object_store_memory=_store_bytes(),
+                _system_config={"worker_niceness": 0},
+            )  # fmt: skip
         else:
             kwargs.update(address=self.address)
         main = threading.current_thread() is threading.main_thread()
@@ -338,7 +343,13 @@ def using(ray: str | Cluster | None, workers: int | None = None) -> Iterator[Clu
     if isinstance(ray, Cluster):
         if ray._ray is None:
             ray.connect()
-        yield ray
+        check_workers(workers)
+        before = ray.workers
+        ray.workers = workers if workers is not None else before  # this call's bound, then the cluster's own
+        try:
+            yield ray
+        finally:
+            ray.workers = before
         return
     with Cluster(ray, workers) as cluster:
         yield cluster
