@@ -1,17 +1,18 @@
 """Map a function over items on Ray actors that each load a context (models) once; results in item order.
 
-Evaluation uses it: the context is the fp32 model and every artifact, each item is one batch of file
-paths, and the function reads, preprocesses and runs that batch (:func:`ptsq.evaluation.run_chunk`).
+Evaluation uses it: the context is the fp32 model and every artifact, each item is a few whole batches of
+file paths, and the function reads, preprocesses and runs them (:func:`ptsq.evaluation.run_chunks`).
 The driver hands items out and gets results back in the original order, so whatever folds them
 (the evaluation's tally) computes exactly what a loop in one process computes.
 
 Why actors fed by the driver rather than Ray Data ``map_batches``: Ray Data re-cuts its blocks into
 batches of its own, so batches (and with them the kernels' batch sizes and the order outputs arrive in)
 would differ from the single-process run's, and "identical" would rest on every kernel being batch-size
-invariant. Here an item is the unit of work and of retry: an actor killed mid-item is restarted by Ray
-(its context loaded again) and the item retried; the driver keeps each item's result once, so nothing is
-counted twice or lost. At most ``in_flight`` items per actor are outstanding (memory stays bounded) and
-the next item goes to whichever actor has the fewest (a slow node does not hold the others up).
+invariant. Here an item (whole batches) is the unit of work and of retry: an actor killed mid-item is
+restarted by Ray (its context loaded again) and the item retried; the driver keeps each item's result
+once, so nothing is counted twice or lost. At most ``in_flight`` items per actor are outstanding (memory
+stays bounded) and the next item goes to whichever actor has the fewest (a slow node does not hold the
+others up).
 
 The context is pickled once (:func:`ptsq.distributed.pickling.dumps`: the user's own model code by
 value, int8 modules and artifacts included) and put into the object store; each call carries only its
@@ -30,6 +31,7 @@ from ptsq.errors import ClusterError, ModelLoadError, PtsqError, first_line
 
 IN_FLIGHT = 2  # items queued per actor: one running, one ready to start
 RESTARTS = 3  # an actor that dies is restarted (and its items retried) this many times
+START_TIMEOUT = 600.0  # seconds for the actors to start and load the context (big models on busy nodes)
 
 
 class MapWorker:
@@ -69,11 +71,15 @@ class MapWorker:
 
 
 def actor_pool(cluster: Cluster, threads: int, n: int) -> list[Any]:
-    """``n`` MapWorker actors of ``threads`` CPUs, kept on ``cluster`` between calls (started once per process:
-    Python, torch and ptsq load once), killed when the cluster closes or a map fails."""
+    """``n`` MapWorker actors of ``threads`` CPUs, kept between calls on one connection (their processes start
+    once: Python, torch and ptsq load once), killed when the cluster closes or a map fails. One pool at a
+    time: a pool of another size would wait for CPUs the first one holds."""
     import torch
 
-    pool = cluster.actors.setdefault(("map", threads), [])
+    key = ("map", threads)
+    if set(cluster.actors) - {key}:
+        cluster.release_actors()
+    pool = cluster.actors.setdefault(key, [])
     cls = cluster.ray.remote(MapWorker).options(num_cpus=threads, max_restarts=RESTARTS, max_task_retries=RESTARTS)
     while len(pool) < n:
         pool.append(cls.remote(threads, torch.backends.quantized.engine))
@@ -120,9 +126,15 @@ def ordered_map(
     try:
         try:  # load the context everywhere first: a worker that cannot import the model's code fails once, here
             ready = [a.ready.remote(box, what) for a in actors]
-            ray.get(cluster.wait(ready, num_returns=len(ready)))
+            started = cluster.wait(ready, num_returns=len(ready), timeout=START_TIMEOUT)
+            ray.get(started)
         except Exception as exc:
             raise unwrap(exc, what) from None
+        if len(started) < len(ready):
+            raise ClusterError(
+                f"{len(ready) - len(started)} of {len(ready)} Ray workers did not start within {START_TIMEOUT:g} s",
+                "other jobs may hold the cluster's CPUs ('ray status' shows them); use fewer --workers",
+            )
         load = [0] * len(actors)
         results: dict[int, Any] = {}
         submitted = 0

@@ -120,6 +120,9 @@ def _quiet(ray: ModuleType) -> None:
     worker.print_to_stdstream = print_to_stdstream
 
 
+_ACTORS: dict[str, dict[Any, list[Any]]] = {}  # Ray job id -> actor pools kept between calls
+
+
 @contextlib.contextmanager
 def deferred_interrupts() -> Iterator[None]:
     """Ctrl-C (or SIGTERM) during a Ray call is held until the call returns, then raised as KeyboardInterrupt.
@@ -189,7 +192,6 @@ class Cluster:
         self.workers = workers
         self.ship = [str(Path(p).resolve()) for p in ship]
         self.num_cpus = num_cpus
-        self.actors: dict[Any, list[Any]] = {}  # actor pools kept between calls (ptsq.distributed.actors)
         self.owned = False  # we started the instance (auto) or opened the connection (address)
         self.started = False  # we started a local instance
         self._ray: ModuleType | None = None
@@ -266,16 +268,23 @@ class Cluster:
         with contextlib.suppress(Exception), deferred_interrupts():
             ray.shutdown()
 
+    @property
+    def actors(self) -> dict[Any, list[Any]]:
+        """Actors kept between calls (ptsq.distributed.actors), one registry per Ray connection of this process:
+        every Cluster object on one connection sees them (and their CPUs), whoever started them."""
+        return _ACTORS.setdefault(self.ray.get_runtime_context().get_job_id(), {})
+
     def release_actors(self) -> None:
         """Kill the actors kept between calls (their CPUs go back to the cluster, e.g. for fan-out tasks)."""
-        if self._ray is None:
+        if self._ray is None or not self._ray.is_initialized():
             return
+        pools = self.actors
         with deferred_interrupts():
-            for pool in self.actors.values():
+            for pool in pools.values():
                 for actor in pool:
                     with contextlib.suppress(Exception):
                         self._ray.kill(actor, no_restart=True)
-        self.actors.clear()
+        pools.clear()
 
     def close(self) -> None:
         """Kill our actors; shut down the local instance we started (or disconnect from the cluster we joined)."""
