@@ -2,6 +2,9 @@
 
 What it measures (docs/scale.md explains the design and uses these figures for its projection):
 
+* capacity: the same CPU-bound loop in one process, then in two at once: how many cores' worth of throughput
+  this machine gives two processes right now, the ceiling of every 2-worker speed-up below.
+
 * eval, Fashion-MNIST: the 10,000 test images as PNG files in a labelled folder tree (written once into
   ptsq's cache), FashionResNet fp32 + its int8 artifact. One process, and a local Ray instance with 1 and
   2 workers (1 torch thread each), interleaved in this process on a warm instance (after a warm-up round):
@@ -14,7 +17,7 @@ What it measures (docs/scale.md explains the design and uses these figures for i
 * analyze, EfficientNet-Lite0 (80 calibration photos): without and with ``--ray auto``: same ranking, wall time.
 
     python -m benchmarks.bench_scale                       # everything (~1 h on a busy 2-core machine)
-    python -m benchmarks.bench_scale --only eval,coverage  # eval | lite0 | coverage | analyze
+    python -m benchmarks.bench_scale --only eval,coverage  # capacity | eval | lite0 | coverage | analyze
     python -m benchmarks.bench_scale --quick               # small sizes: checks the script, not a result
 """
 
@@ -253,7 +256,32 @@ def part_analyze(args: Any, work: Path) -> list[list[Any]]:
     ]  # fmt: skip
 
 
-PARTS = {"eval": part_eval, "lite0": part_lite0, "coverage": part_coverage, "analyze": part_analyze}
+def _spin(n: int) -> float:
+    t0 = time.perf_counter()
+    x = 0
+    for i in range(n):
+        x += i * i
+    return time.perf_counter() - t0
+
+
+def part_capacity(args: Any, work: Path) -> list[list[Any]]:
+    """How many cores' worth two CPU-bound processes get here right now: the ceiling of any 2-worker speed-up."""
+    import multiprocessing as mp
+
+    n = 3_000_000 if args.quick else 30_000_000
+    one = _spin(n)
+    with mp.get_context("spawn").Pool(2) as pool:
+        t0 = time.perf_counter()
+        pool.map(_spin, [n, n])
+        two = time.perf_counter() - t0
+    return [["machine: the same CPU-bound loop in 1 process, then in 2 at once", "2 processes", round(two, 1), None,
+             "", f"{2 * one / two:.2f} cores' worth of throughput (1 process: {one:.1f} s)"]]  # fmt: skip
+
+
+PARTS = {
+    "capacity": part_capacity, "eval": part_eval, "lite0": part_lite0, "coverage": part_coverage,
+    "analyze": part_analyze,
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
