@@ -24,7 +24,7 @@ Examples:
 
   ptsq analyze mypkg.models:build_net --weights net.pth --calib images/ --json
 
-  ptsq analyze torchvision:resnet18 --weights resnet18.pth --calib images/ --ray auto   (layers tried in parallel)
+  ptsq analyze torchvision:resnet18 --weights resnet18.pth --calib images/ --ray auto   # layers tried in parallel
 """
 
 

@@ -36,7 +36,7 @@ Examples:
 
   ptsq quantize torchvision:resnet18 --calib images/ --engine auto -o resnet18_int8.bin
 
-  ptsq quantize torchvision:resnet18 --calib images/ --engine auto --ray auto -o r18.bin   (engines in parallel)
+  ptsq quantize torchvision:resnet18 --calib images/ --engine auto --ray auto -o r18.bin   # engines in parallel
 
   ptsq quantize mypkg.text:build_encoder --mode dynamic --engine onnx -o encoder_int8.onnx
 
