@@ -256,20 +256,59 @@ def describe_args(args: tuple[Any, ...]) -> str:
         f"{tuple(a.shape)} {str(a.dtype).replace('torch.', '')}" if isinstance(a, torch.Tensor) else type(a).__name__
         for a in args
     )
+AUTO_CHECK_SAMPLES = 32  # held back by default: fewer give agreement figures too coarse to judge by
+AUTO_CHECK_FRACTION = 8  # ... or an eighth of a larger calibration set
+
+
+def slice_batch(args: tuple[Any, ...], start: int, stop: int) -> tuple[Any, ...]:
+    """Samples ``start:stop`` of a batch: tensors (also inside dicts) and lists along their first axis."""
+
+    def cut(a: Any) -> Any:
+        if isinstance(a, torch.Tensor) and a.dim() > 0:
+            return a[start:stop]
+        if isinstance(a, dict):
+            return {k: cut(v) for k, v in a.items()}
+        if isinstance(a, list):
+            return a[start:stop]
+        return a
+
+    return tuple(cut(a) for a in args)
+
+
+def _sliceable(args: tuple[Any, ...]) -> bool:
+    """Whether every batched leaf has the same first dimension, so the batch can be cut by samples."""
+    n = batch_size(args)
+    leaves = tree_flatten_with_path(args)[0]
+    return all(not isinstance(a, torch.Tensor) or a.dim() == 0 or a.shape[0] == n for _, a in leaves)
+
+
+def check_target(requested: int, total: int | None) -> int:
+    """How many samples to hold back: ``requested``, or (0) 32 or an eighth of a larger set, at most half."""
+    if requested > 0:
+        return requested
+    target = max(AUTO_CHECK_SAMPLES, (total or 0) // AUTO_CHECK_FRACTION)
+    return min(target, total // 2) if total is not None else target
 
 
 class CalibrationStream:
-    """Iterate batches once: peek the first, calibrate on all but the last ``hold_back``."""
+    """Iterate batches once: peek the first, calibrate on all but the last ``hold_samples`` samples.
+
+    Samples are held back, not batches: the held-back set is the last ``hold_samples`` samples of the
+    stream (a batch is cut in two where needed), never the leftovers of a short last batch. 0 holds
+    back 32 samples, or an eighth of the data when the total is known and that is more, and never more
+    than half of it. An explicit count larger than the data is an error.
+    """
 
     def __init__(
         self,
         source: Iterable[Any],
         *,
         transform: Transform | None = None,
-        hold_back: int = 2,
+        hold_samples: int = 0,
         progress: Callable[[int], None] | None = None,
         model: nn.Module | None = None,
         labelled: bool | None = None,
+        expected: int | None = None,
     ) -> None:
         if isinstance(source, (torch.Tensor, str, bytes)):
             raise DataError(
@@ -288,14 +327,15 @@ class CalibrationStream:
         self._model = model
         self._labelled = labelled
         self._keywords: tuple[str, ...] | None = None
-        try:
-            n = len(source)  # type: ignore[arg-type]
-        except TypeError:
-            n = None
-        # keep at least one batch for calibration when the source is short
-        if n is not None:
-            hold_back = min(hold_back, max(1, n // 4)) if n >= 2 else 0
-        self.hold_back = max(0, hold_back)
+        if expected is None and isinstance(source, (list, tuple)) and transform is None:
+            try:
+                expected = sum(batch_size(as_args(b, model, labelled)) for b in source)
+            except DataError:
+                expected = None
+        self.requested = max(0, hold_samples)
+        if self.requested and expected is not None and self.requested >= expected:
+            raise _too_many(self.requested, expected)
+        self.target = check_target(self.requested, expected)
         self._index = 0
         self.first = self._next()
         if self.first is None:
@@ -304,6 +344,10 @@ class CalibrationStream:
         self.calibrated_samples = 0
         self.calibrated_batches = 0
         self.in_sample_check = False  # True when there was too little data to hold any back
+
+    @property
+    def held_samples(self) -> int:
+        return sum(batch_size(a) for a in self.held)
 
     def _next(self) -> tuple[Any, ...] | None:
         try:
@@ -333,14 +377,39 @@ class CalibrationStream:
     def run(self, fn: Callable[..., Any]) -> int:
         """Call ``fn(*args)`` for each calibration batch; return the number of samples seen."""
         window: deque[tuple[Any, ...]] = deque()
+        in_window = 0
         batch: tuple[Any, ...] | None = self.first
         while batch is not None:
             window.append(batch)
-            if len(window) > self.hold_back:
+            in_window += batch_size(batch)
+            while window and in_window - batch_size(window[0]) >= self.target:  # the rest still covers the target
+                in_window -= batch_size(window[0])
                 self._feed(fn, window.popleft())
             batch = self._next()
-        self.held = list(window)
-        if self.calibrated_batches == 0 and self.held:  # too little data to hold any back
+        total = self.calibrated_samples + in_window
+        if self.requested and self.requested >= total:
+            raise _too_many(self.requested, total)
+        hold = self.target if self.requested else min(self.target, total // 2)
+        self.held = []
+        if hold <= 0:  # one sample: calibrate on it and check on it too
+            for args in window:
+                self._feed(fn, args)
+            self.held = list(window)
+            self.in_sample_check = True
+            return self.calibrated_samples
+        excess = in_window - hold  # the window's first samples go to calibration
+        for args in window:
+            n = batch_size(args)
+            if excess >= n:
+                self._feed(fn, args)
+                excess -= n
+            elif excess > 0 and _sliceable(args):
+                self._feed(fn, slice_batch(args, 0, excess))
+                self.held.append(slice_batch(args, excess, n))
+                excess = 0
+            else:
+                self.held.append(args)  # a batch that cannot be cut is held back whole
+        if self.calibrated_batches == 0 and self.held:  # nothing left to calibrate on
             for args in self.held:
                 self._feed(fn, args)
             self.in_sample_check = True
@@ -354,3 +423,10 @@ class CalibrationStream:
         self.calibrated_batches += 1
         if self._progress is not None:
             self._progress(self.calibrated_samples)
+
+
+def _too_many(requested: int, total: int) -> DataError:
+    return DataError(
+        f"--check-samples {requested} is not less than the {total} calibration samples",
+        f"hold back fewer (e.g. --check-samples {max(1, total // 4)}) or give more calibration data",
+    )

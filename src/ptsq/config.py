@@ -25,12 +25,13 @@ from typing import Any, ClassVar, Literal
 
 from ptsq.errors import ConfigError
 
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 MODES = ("static", "dynamic", "qat")
 BACKENDS = ("auto", "x86", "fbgemm", "onednn", "qnnpack")
 BUILTIN_ENGINES = ("fx", "pt2e", "onnx", "openvino")
 CLEANUP_STEPS = ("conv-modules", "fold-pad", "fold-bn", "equalize", "clamp-ranges", "bias-correction")
 OBSERVER_NAMES = ("minmax", "moving-average", "histogram", "mse", "percentile", "entropy")
+OUTPUT_KINDS = ("auto", "scores", "probabilities", "values")
 
 _engines: list[str] = list(BUILTIN_ENGINES)  # ptsq.engines.register() adds third-party engines
 
@@ -94,6 +95,12 @@ def _coerce(where: str, hint: Any, value: Any) -> Any:
             raise ConfigError(f"{where} must be a string, not {_short(value)}", f"fix {where}")
         return value
     if origin is tuple:
+        if typing.get_args(hint)[0] is int:
+            if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value
+            ):
+                raise ConfigError(f"{where} must be a list of integers, not {_short(value)}", f"fix {where}")
+            return tuple(value)
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, SkipRule)) for v in value):
             raise ConfigError(f"{where} must be a list of strings, not {_short(value)}", f"fix {where}")
         return tuple(value)
@@ -211,6 +218,29 @@ class AutoOptions(Options):
 
 
 @dataclass(frozen=True)
+class SpeedOptions(Options):
+    """Whole-model speed check: int8 against fp32 at the thread counts the model will run at."""
+
+    section: ClassVar[str] = "speed"
+    threads: tuple[int, ...] = option((1,), "thread counts the model will run at (speed guard and speed check)")
+    check: bool = option(True, "time fp32 against the saved int8 model after convert, and fix what is slow")
+    min_speedup: float = option(1.0, "the int8 model must be at least this many times faster than fp32")
+    rounds: int = option(3, "at most this many fix / move-to-fp32 / re-time rounds when int8 is too slow")
+    runs: int = option(30, "timed runs per model and thread count (fewer when a run takes long)")
+
+    def validate(self) -> None:
+        if not self.threads:
+            raise ConfigError("speed.threads is empty", "give at least one thread count, e.g. 1")
+        for t in self.threads:
+            _range("speed.threads", t, 1, 1024, "1 or 1,2")
+        if len(set(self.threads)) != len(self.threads):
+            raise ConfigError(f"speed.threads {list(self.threads)} repeats a thread count", "list each count once")
+        _range("speed.min_speedup", self.min_speedup, 0.0, 1000.0, "1.0 (faster than fp32) or 1.5")
+        _range("speed.rounds", self.rounds, 0, 20, "3")
+        _range("speed.runs", self.runs, 3, 10_000, "30")
+
+
+@dataclass(frozen=True)
 class CalibrationOptions(Options):
     """Model inputs drawn from a folder, tensor file or text file (the CLI; the API takes batches as given)."""
 
@@ -311,6 +341,7 @@ SECTIONS: dict[str, type[Options]] = {
         OpenVinoOptions,
         Pt2eOptions,
         AutoOptions,
+        SpeedOptions,
         CalibrationOptions,
         DynamicOptions,
         QatOptions,
@@ -328,9 +359,16 @@ class QuantConfig:
     per_channel: bool = option(True, "per-channel weights (False: per-tensor)")
     skip: tuple[SkipRule, ...] = option((), "layers kept fp32: name:PREFIX, regex:RE, type:CLASS")
     strict: bool = option(False, "fail on untraceable submodules instead of keeping them fp32")
-    check_batches: int = option(2, "calibration batches held back for the self-check against fp32")
-    warn_sqnr_db: float = option(15.0, "self-check: warn below this output SQNR (dB)")
-    warn_agreement: float = option(0.9, "self-check: warn below this top-1 agreement")
+    check_samples: int = option(
+        0, "samples held back from calibration for the self-check (0: 32, or an eighth of the data if more)"
+    )
+    check_output: Literal["auto", "scores", "probabilities", "values"] = option(
+        "auto", "what the output is, for the self-check's metrics (docs/accuracy.md); auto: from its values"
+    )
+    warn_sqnr_db: float = option(15.0, "self-check: warn below this output SQNR (dB); outputs other than class scores")
+    warn_agreement: float = option(
+        0.9, "self-check: warn below this agreement (class scores: top-1 apart from near-ties; probabilities: at 0.5)"
+    )
     freeze: bool = option(True, "freeze the TorchScript artifact (constants folded)")
     speed_guard: float = option(1.5, "keep a layer fp32 if its int8 kernel is this many times slower (0: off)")
     cleanup: tuple[str, ...] = option(CLEANUP_STEPS, "graph clean-up steps (docs/accuracy.md)")
@@ -340,6 +378,7 @@ class QuantConfig:
     openvino: OpenVinoOptions = option(OpenVinoOptions(), "OpenVINO engine options")
     pt2e: Pt2eOptions = option(Pt2eOptions(), "PT2E engine options")
     auto: AutoOptions = option(AutoOptions(), "engine selection options")
+    speed: SpeedOptions = option(SpeedOptions(), "whole-model speed check")
     calibration: CalibrationOptions = option(CalibrationOptions(), "calibration sampling")
     dynamic: DynamicOptions = option(DynamicOptions(), "dynamic mode options")
     qat: QatOptions = option(QatOptions(), "QAT options")
@@ -351,8 +390,10 @@ class QuantConfig:
             raise ConfigError(
                 f"engine {self.engine!r} is unknown", f"choose one of: {', '.join(known_engines())}, auto"
             )
-        if not 0 <= self.check_batches <= 100:
-            raise ConfigError(f"check_batches {self.check_batches!r} must be an integer in [0, 100]", "use e.g. 2")
+        if not 0 <= self.check_samples <= 10**6:
+            raise ConfigError(
+                f"check_samples {self.check_samples!r} must be an integer in [0, 1000000]", "use e.g. 32 (0: auto)"
+            )
         unknown = [c for c in self.cleanup if c not in CLEANUP_STEPS]
         if unknown:
             raise ConfigError(f"unknown clean-up step(s) {unknown}", f"choose from: {', '.join(CLEANUP_STEPS)}")
@@ -417,6 +458,8 @@ class QuantConfig:
             )
         if version < 2:
             d = _from_v1(d)
+        if version < 3:
+            d = _from_v2(d)
         valid = [f.name for f in fields(cls)]
         unknown = [k for k in d if k not in valid]
         if unknown:
@@ -492,6 +535,16 @@ def _from_v1(d: dict[str, Any]) -> dict[str, Any]:
     return {**d, **sections}
 
 
+def _from_v2(d: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 held back whole batches (``check_batches``); version 3 holds back samples."""
+    d = dict(d)
+    batches = d.pop("check_batches", None)
+    if isinstance(batches, int) and not isinstance(batches, bool) and batches not in (0, 2):  # 2 was the default
+        size = (d.get("calibration") or {}).get("batch_size", 32)
+        d["check_samples"] = batches * (size if isinstance(size, int) else 32)
+    return d
+
+
 def options_table() -> str:
     """The Markdown table of every option (docs/options.md is this text; a test keeps them equal)."""
     lines = [
@@ -536,6 +589,7 @@ __all__ = [
     "CONFIG_VERSION",
     "MODES",
     "OBSERVER_NAMES",
+    "OUTPUT_KINDS",
     "SECTIONS",
     "AutoOptions",
     "CalibrationOptions",
@@ -548,6 +602,7 @@ __all__ = [
     "QatOptions",
     "QuantConfig",
     "SkipRule",
+    "SpeedOptions",
     "known_engines",
     "options_table",
 ]

@@ -3,7 +3,8 @@
 The caller hands over ``run(name)``, which quantizes the model with one engine (so this module imports
 neither the modes nor the API), and the list of engines to try. Every engine sees the same data, so
 every self-check runs on the same held-back batches. An engine passes when its self-check passes and its
-SQNR is within ``AutoOptions.margin_db`` of the best engine's. The passing ones are saved, loaded back
+SQNR is within ``AutoOptions.margin_db`` of the best engine's; a self-check without a verdict (too few
+held-back samples) does not rule an engine out. The passing ones are saved, loaded back
 as users will load them (TorchScript, inductor-compiled program, onnxruntime session) and timed
 interleaved with the fp32 model at batch 1; the fastest is returned, with the comparison table in
 ``summary()["auto"]`` and in the manifest.
@@ -93,7 +94,7 @@ def _compare(
             sqnr_db=round(chk["sqnr_db"], 2),
             int8_layers=counts["int8"],
             fp32_layers=counts["fp32"],
-            status="passed" if chk.get("passed") else "poor",
+            status={True: "passed", False: "poor"}.get(chk.get("passed"), "no verdict"),
             **{criterion.metric: chk.get(criterion.metric)},
         )
         rows.append(row)
@@ -103,10 +104,10 @@ def _compare(
         raise QuantizationError(f"no engine could quantize the model ({why})", "run one engine with --engine NAME")
     best = max(r["sqnr_db"] for r in rows if "sqnr_db" in r)
     for r in rows:
-        if r.get("status") == "passed" and r["sqnr_db"] < best - margin:
+        if r.get("status") in ("passed", "no verdict") and r["sqnr_db"] < best - margin:
             r["status"] = "poor"
             r["why"] = f"SQNR more than {margin:g} dB below the best engine's"
-    passing = [r["engine"] for r in rows if r.get("status") == "passed"]
+    passing = [r["engine"] for r in rows if r.get("status") in ("passed", "no verdict")]
     if not passing:
         raise QuantizationError(*criterion.none_passed)
     return rows, done, passing

@@ -3,7 +3,7 @@
 1. Quantize with the given config and evaluate int8 against fp32 on the evaluation batches
    (labelled: top-1 drop in points; unlabelled: top-1 agreement and/or output SQNR).
 2. Rank the int8 layers by what keeping each alone in fp32 gains on the budget's own score
-   (calibrated observers reused, no re-calibration: :func:`ptsq.analysis.sensitivity.with_float_layers`).
+   (calibrated observers reused, no re-calibration: :func:`ptsq.algorithms.float_layers.with_float_layers`).
 3. Greedily move one group of layers at a time to fp32, most harmful first, evaluating each step;
    a move that does not improve the score is stepped back. Stop when the budget holds.
 4. Re-quantize for real with ``--skip name:...`` rules for the chosen layers and evaluate that model.
@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from ptsq.algorithms.fallback import Trial, greedy_fallback
-from ptsq.analysis.sensitivity import per_layer, swappable_layers, with_float_layers
+from ptsq.algorithms.float_layers import swappable_layers, with_float_layers
+from ptsq.analysis.sensitivity import per_layer
 from ptsq.calibration import as_args
 from ptsq.config import QuantConfig, SkipRule
 from ptsq.errors import ConfigError, DataError

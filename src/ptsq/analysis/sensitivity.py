@@ -11,7 +11,6 @@ Quantize once, then for every int8 conv/linear:
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ptsq.algorithms.float_layers import swappable_layers, with_float_layers
 from ptsq.calibration import as_args, batch_size
 from ptsq.config import QuantConfig
 from ptsq.errors import DataError, QuantizationError
@@ -28,57 +28,6 @@ from ptsq.modes.check import capture_outputs
 from ptsq.progress import task
 
 MIN_GAIN_DB = 1.0  # a layer is worth keeping in fp32 only if it lifts the output SQNR this much
-
-
-class FloatLayer(nn.Module):
-    """Run ``inner`` (a float conv/linear, possibly fused with its activation) between dequantize and quantize."""
-
-    def __init__(self, inner: nn.Module, scale: float, zero_point: int, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.inner = inner
-        self.scale = float(scale)
-        self.zero_point = int(zero_point)
-        self.dtype = dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.inner(x.dequantize() if x.is_quantized else x)
-        return torch.quantize_per_tensor(y, self.scale, self.zero_point, self.dtype)
-
-
-def swappable_layers(converted: nn.Module, observed: nn.Module) -> list[str]:
-    """Names of int8 modules (with an output scale) whose float version the observed model holds."""
-    names = []
-    for name, mod in converted.named_modules():
-        if not name or not hasattr(mod, "scale") or not hasattr(mod, "zero_point") or not hasattr(mod, "weight"):
-            continue
-        try:
-            ref = observed.get_submodule(name)
-        except AttributeError:
-            continue
-        if any(p.is_floating_point() for p in ref.parameters(recurse=True)):
-            names.append(name)
-    return names
-
-
-def _float_copy(observed: nn.Module, name: str) -> nn.Module:
-    mod = copy.deepcopy(observed.get_submodule(name))
-    for sub in list(mod.modules()):  # drop observers hanging off the float module
-        for child_name, child in list(sub.named_children()):
-            if "activation_post_process" in child_name or type(child).__name__.endswith("Observer"):
-                setattr(sub, child_name, nn.Identity())
-    return mod.eval()
-
-
-def with_float_layers(converted: nn.Module, observed: nn.Module, names: Iterable[str]) -> nn.Module:
-    """A copy of ``converted`` where the named int8 layers run in fp32 (same quantized interfaces)."""
-    model = copy.deepcopy(converted)
-    for name in names:
-        q = model.get_submodule(name)
-        dtype = torch.quint8
-        parent, _, leaf = name.rpartition(".")
-        holder = model.get_submodule(parent) if parent else model
-        setattr(holder, leaf, FloatLayer(_float_copy(observed, name), float(q.scale), int(q.zero_point), dtype))
-    return model
 
 
 @dataclass
@@ -234,8 +183,8 @@ def analyze(
 ) -> SensitivityReport:
     """Quantize ``model`` once and rank its int8 layers by sensitivity on the calibration data.
 
-    The ranking is measured on the batches quantize's self-check holds back from calibration (the
-    last ``config.check_batches``, fewer for short data), so the all-int8 SQNR equals the self-check's.
+    The ranking is measured on the samples quantize's self-check held back from calibration, so the
+    all-int8 SQNR equals the self-check's.
     ``ray``: ``"auto"``, a cluster address or a Cluster: the per-layer trials run as Ray tasks
     (``workers`` at once); the report is the same as without.
     """
@@ -253,9 +202,7 @@ def analyze(
         observed = qm.result.debug.get("observed")
         if observed is None:
             raise DataError("this engine does not expose its calibrated fp32 graph", "use --engine fx")
-        # the very batches quantize's self-check held back (it holds back fewer when data is short), so the
-        # all-int8 figures here are the self-check's figures
-        measure = batches[-max(1, int(qm.manifest["check"].get("batches", config.check_batches))) :]
+        measure = qm.held_back or batches[-1:]  # the self-check's very samples: its figures are the check's
         ops = {r.name: r.op for r in qm.result.precision}
         model.eval()
         try:
