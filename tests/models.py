@@ -287,3 +287,69 @@ class ColourNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(torch.relu(self.conv(x))).flatten(1))
+
+
+class SlowDepthwise(nn.Module):
+    """A 5x5 stride-2 depthwise conv without padding on 63x63 inputs: fbgemm's int8 kernel for it runs
+    ~100x slower than fp32 on x86 (EfficientNet-Lite1's case), so int8 can only win with it in fp32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand = nn.Conv2d(3, 144, 1)
+        self.act = nn.ReLU()
+        self.dw = nn.Conv2d(144, 144, 5, stride=2, groups=144)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(144, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(torch.relu(self.dw(self.act(self.expand(x))))).flatten(1))
+
+    def example_inputs(self) -> tuple[torch.Tensor]:
+        return (torch.randn(1, 3, 63, 63),)
+
+
+class IslandNet(nn.Module):
+    """int8 convs, then a big conv meant to stay fp32 (an island fed channels-last tensors), then a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 128, 3, stride=2, padding=1))
+        self.island = nn.Conv2d(128, 256, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(torch.relu(self.island(torch.relu(self.stem(x))))).flatten(1))
+
+
+class FrameProbabilities(nn.Module):
+    """A voice-activity-style model: one probability per frame (sigmoid), no classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(8, 16, 5, padding=2)
+        self.out = nn.Conv1d(16, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.out(torch.relu(self.conv(x)))).squeeze(1)  # (batch, frames)
+
+
+class ThreadPicky(nn.Module):
+    """Refuses to run at one thread: a forward the speed check's --threads 1 cannot time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.get_num_threads() == 1:
+            raise RuntimeError("this model needs at least 2 threads")
+        return self.conv(x).mean((2, 3))
+
+
+class SpecNet(SmallNet):
+    """SmallNet that carries its own input spec (the ``input_spec`` attribute convention)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_spec = {"size": [40, 40], "scale": 1.0, "mean": [127.5], "std": [127.5], "crop_pct": 1.0}

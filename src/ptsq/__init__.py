@@ -26,6 +26,7 @@ _EXPORTS = {
             "OpenVinoOptions",
             "Pt2eOptions",
             "AutoOptions",
+            "SpeedOptions",
             "CalibrationOptions",
             "DynamicOptions",
             "QatOptions",
@@ -46,9 +47,9 @@ _EXPORTS = {
 _ERRORS = [
     "PtsqError", "ConfigError", "BackendError", "ModelLoadError", "UnsafeFileError", "WeightsMismatchError",
     "DataError", "ImageDecodeError", "InputShapeError", "TraceError", "QuantizationError", "ArtifactError",
-    "OutputPathError", "Interrupted", "ClusterError",
+    "OutputPathError", "Interrupted", "ClusterError", "SlowerThanFp32Error",
 ]  # fmt: skip
-_EXPORTS.update({name: "ptsq.errors" for name in [*_ERRORS, "QuantizationWarning"]})
+_EXPORTS.update({name: "ptsq.errors" for name in [*_ERRORS, "QuantizationWarning", "SpeedWarning"]})
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
 

@@ -91,8 +91,22 @@ class Interrupted(PtsqError):
     default_hint = "run the command again; no partial output was left behind"
 
 
+class SlowerThanFp32Error(PtsqError):
+    """The int8 model is not faster than fp32 where it will run, and the user did not accept that.
+
+    The CLI exits with :attr:`exit_code` (3), not 2: the inputs were fine, the result is not worth having.
+    """
+
+    exit_code = 3
+    default_hint = "pass --allow-slower to keep it anyway, or try another engine (--engine auto)"
+
+
 class QuantizationWarning(UserWarning):
     """The int8 model's self-check found it far from fp32."""
+
+
+class SpeedWarning(UserWarning):
+    """The int8 model is not faster than fp32 (or not by ``speed.min_speedup``) at the deployment thread count."""
 
 
 __all__ = [
@@ -109,6 +123,8 @@ __all__ = [
     "PtsqError",
     "QuantizationError",
     "QuantizationWarning",
+    "SlowerThanFp32Error",
+    "SpeedWarning",
     "TraceError",
     "UnsafeFileError",
     "WeightsMismatchError",

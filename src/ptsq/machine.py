@@ -33,6 +33,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), which can be fewer than the machine has."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def load_per_core() -> float | None:
+    """The 1-minute load average per usable core (above 1: other work competes for every core)."""
+    try:
+        return round(os.getloadavg()[0] / usable_cores(), 2)
+    except OSError:
+        return None
+
+
 def has_vnni() -> bool:
     """Whether this CPU has VNNI (u8 x s8 dot products without 16-bit saturation)."""
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())

@@ -27,6 +27,7 @@ def build(
     calibration: dict[str, Any],
     preprocess: dict[str, Any] | None = None,
     keywords: tuple[str, ...] | None = None,
+    speed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What was quantized, how, and how well: versions, inputs, preprocessing, data, check, precision map."""
     inputs = describe_inputs(example, keywords)
@@ -47,6 +48,7 @@ def build(
         "preprocess": preprocess,
         "calibration": calibration,
         "check": check,
+        "speed": speed,
         "precision": precision,
         "source_weights_sha256": artifact.state_hash(model),
         "config": config.to_dict(),

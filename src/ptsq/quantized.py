@@ -37,6 +37,7 @@ class QuantizedModel:
         self.example_args = example_args
         self.path: Path | None = None
         self.stats: dict[str, Any] = {}
+        self.held_back: list[tuple[Any, ...]] = []  # the self-check's samples (in this process only)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with torch.inference_mode():
@@ -78,6 +79,8 @@ class QuantizedModel:
             "fp32_layers": [r for r in m["precision"] if r["precision"] == "fp32"],
             "calibration": m["calibration"],
             "check": m["check"],
+            "speed": m.get("speed"),
+            "preprocess": m.get("preprocess"),
             "notes": m.get("notes", []),
             **self.stats,
         }

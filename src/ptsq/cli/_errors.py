@@ -56,7 +56,7 @@ def guarded(fn: F) -> F:
         except PtsqError as exc:
             if _debug():
                 traceback.print_exc()
-            raise _fail(exc.message, exc.hint, 2) from None
+            raise _fail(exc.message, exc.hint, getattr(exc, "exit_code", 2)) from None
         except KeyboardInterrupt:
             err = Interrupted("interrupted; nothing was written")
             raise _fail(err.message, err.hint, 2) from None

@@ -39,6 +39,26 @@ class EngineResult:
     debug: dict[str, Any] = field(default_factory=dict)  # in-process only (e.g. the observed model)
 
 
+@dataclass
+class LayerTiming:
+    """One int8 layer timed in the whole model (in context), against its fp32 twin on the same input."""
+
+    name: str  # as the precision map names it
+    op: str
+    int8_ms: float  # its int8 kernel, in context
+    fp32_ms: float  # its fp32 twin on the same (dequantized) input, plus the dequantize/quantize that adds
+    input_shape: list[int]
+    key: str = ""  # the engine's own handle for the layer (e.g. its module path), when it differs from name
+
+    @property
+    def ratio(self) -> float:
+        return self.int8_ms / max(self.fp32_ms, 1e-6)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "op": self.op, "int8_ms": round(self.int8_ms, 3), "fp32_ms": round(self.fp32_ms, 3),
+                "ratio": round(self.ratio, 2), "input_shape": self.input_shape}  # fmt: skip
+
+
 Batches = Iterable[tuple[Any, ...]]
 Progress = Callable[[int], None]
 
@@ -69,3 +89,26 @@ class Engine(Protocol):
         ...
 
     def can_load(self, path: Path) -> bool: ...
+
+
+class SpeedHooks(Protocol):
+    """What an engine may add to the whole-model speed check (``ptsq.modes.speed``); all optional.
+
+    The check itself is engine-agnostic: it times fp32 against the saved-and-reloaded artifact. When int8
+    is not fast enough it asks the engine, through these hooks, to fix what is ptsq's own, to time its
+    layers in context, and to move the slow ones to fp32; then it times again. An engine without them
+    gets the verdict only.
+    """
+
+    def fix_layout(self, result: EngineResult, example_args: tuple[Any, ...], threads: int) -> list[str]:
+        """Fix ptsq's own slow spots in ``result.module`` in place (FX: fp32 islands' memory format); notes."""
+        ...
+
+    def layer_times(self, result: EngineResult, example_args: tuple[Any, ...], threads: int) -> list[LayerTiming]:
+        """Every int8 layer that could run in fp32 instead, timed in the whole model at ``threads``."""
+        ...
+
+    def keep_fp32(self, result: EngineResult, layers: list[LayerTiming], reason: str, threads: int) -> list[str]:
+        """Run ``layers`` (timed at ``threads``) in fp32 from now on (in place; precision rows updated);
+        the names moved. ``reason`` may use {ratio}, {int8} and {fp32} (ms)."""
+        ...

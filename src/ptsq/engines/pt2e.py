@@ -398,6 +398,11 @@ class Pt2eEngine:
         Path(path).write_bytes(buf.getvalue())
         return result.module
 
+    def deployed(self, result: EngineResult) -> nn.Module | None:
+        """What the speed check times: the compiled program (loading an artifact compiles the same one);
+        None without ``pt2e.compile``, when only the uncompiled reference kernels exist here."""
+        return result.module if isinstance(result.module, CompiledProgram) else None
+
     def can_load(self, path: Path) -> bool:
         return _is_pt2(path)
 

@@ -16,6 +16,7 @@ from ptsq.config import QuantConfig
 from ptsq.data.preprocess import Preprocess
 from ptsq.engines import get_engine
 from ptsq.modes.check import self_check, warn_if_poor
+from ptsq.modes.speed import check_speed, check_threads, warn_if_slower
 from ptsq.progress import task
 from ptsq.quantized import QuantizedModel
 
@@ -39,11 +40,13 @@ def quantize_static(
     source: dict[str, Any] | None = None,
     labelled: bool | None = None,
 ) -> QuantizedModel:
-    """Calibrate on ``calibration`` (all but the last ``config.check_batches`` batches), convert with
-    ``config.engine``, then compare int8 with fp32 on the held-back batches. ``model`` is not modified.
+    """Calibrate on ``calibration`` (all but the last ``config.check_samples`` samples), convert with
+    ``config.engine``, check the deployed int8 model's speed against fp32 at ``config.speed.threads``
+    (:mod:`ptsq.modes.speed`), then compare int8 with fp32 on the held-back samples. ``model`` is not modified.
 
     Batches are taken as given (``labelled``: see :func:`ptsq.calibration.is_labelled`); the example for
     tracing is one sample of the first batch when the model accepts one, else the whole first batch."""
+    check_threads(config.speed.threads)
     backend = resolve_backend(config.backend)
     activate(backend)
     engine = get_engine(config.engine)
@@ -56,30 +59,34 @@ def quantize_static(
             stream = CalibrationStream(
                 calibration,
                 transform=transform,
-                hold_back=config.check_batches,
+                hold_samples=config.check_samples,
                 progress=update,
                 model=model,
                 labelled=labelled,
+                expected=_expected(calibration),
             )
             runner = adapt_keywords(model, stream)  # dict batches naming forward parameters -> keywords
             names = getattr(runner, "names", None)
             if isinstance(example_inputs, dict) and names:
                 example_inputs = tuple(example_inputs[n] for n in names)
             example, example_note = example_from_batch(runner, stream.first)  # also: the model accepts the batch
+            real = example  # real data (one sample when the model takes one): what the speed check times
             if example_inputs is not None:
                 example, example_note = tuple(example_inputs), None
             result = engine.quantize(runner, lambda fn: stream.run(fn), example, config, backend)
             if example_note:
                 result.notes.insert(0, example_note)
-        checks = stream.held or [stream.first]
-        result.debug["check_batches"] = checks  # saving proves the artifact against the int8 model on these
-        check = self_check(runner, result, checks, config, in_sample=stream.in_sample_check)
+        held = stream.held or [stream.first]
+        result.debug["check_batches"] = held  # saving proves the artifact against the int8 model on these
+        speed = check_speed(runner, engine, result, real, config, progress=progress)
+        check = self_check(runner, result, held, config, in_sample=stream.in_sample_check)
     finally:
         model.train(was_training)
     calibration_info = {
         "batches": stream.calibrated_batches,
         "samples": stream.calibrated_samples,
         "held_back_batches": len(stream.held),
+        "held_back_samples": stream.held_samples,
         "seed": config.seed,
         **(source or {}),
     }
@@ -87,11 +94,13 @@ def quantize_static(
         model=model, example=example, config=config, engine=engine.name, backend=backend, check=check,
         precision=[r.to_dict() for r in result.precision], details=result.details, notes=result.notes,
         calibration=calibration_info, preprocess=preprocess.to_dict() if preprocess is not None else None,
-        keywords=names,
+        keywords=names, speed=speed,
     )  # fmt: skip
     qm = QuantizedModel(result, built, example)
+    qm.held_back = held
     qm.stats["seconds"] = round(time.perf_counter() - t0, 2)
     warn_if_poor(check)
+    warn_if_slower(speed)
     return qm
 
 

@@ -27,10 +27,13 @@ from ptsq.algorithms.keep_float import wrap_modules
 from ptsq.backends import activate, qconfig_name
 from ptsq.config import QuantConfig
 from ptsq.engines import register
-from ptsq.engines.base import EngineResult
+from ptsq.engines.base import EngineResult, LayerPrecision, LayerTiming
 from ptsq.engines.common import quiet
 from ptsq.engines.fx.capture import make_traceable
+from ptsq.engines.fx.context import keep_fp32 as keep_layers_fp32
+from ptsq.engines.fx.context import layer_times
 from ptsq.engines.fx.fixed_inputs import free_fixed_inputs
+from ptsq.engines.fx.islands import convert_island_leaves, fix_layouts, prepare_island_leaves, public_name
 from ptsq.engines.fx.precision import precision_map
 from ptsq.engines.fx.qconfig import keep_fp32, qconfig_mapping
 from ptsq.engines.fx.recover import recover, safe_cleanup
@@ -90,6 +93,7 @@ def _calibrate_and_convert(
         raise QuantizationError(f"prepare_fx failed: {exc}".splitlines()[0], "report this model to ptsq") from exc
     if n := views_to_reshapes(prepared):
         notes.append(f"{n} view(s) run as reshape (int8 tensors may be channels-last, where view fails)")
+    leaves = prepare_island_leaves(prepared, qmap.global_qconfig)
     if n := free_fixed_inputs(prepared, qmap.global_qconfig.activation):
         notes.append(f"{n} sigmoid/tanh input(s) after an fp32 layer observed over their real range")
     means = InputMeans(prepared) if "bias-correction" in config.cleanup else None
@@ -106,12 +110,16 @@ def _calibrate_and_convert(
         notes.append(f"bias correction: {n} conv/linear biases corrected for int8 weight rounding")
     if "clamp-ranges" in config.cleanup and (n := clamp_ranges(prepared)):
         notes.append(f"clean-up: {n} activations quantized over their ReLU/ReLU6/clamp range")
+    if leaves := convert_island_leaves(prepared, leaves):
+        notes.append(f"{len(leaves)} conv/linear layer(s) inside untraceable fp32 islands quantized on their own: "
+                     + ", ".join(public_name(n) for n in leaves[:4]) + (" …" if len(leaves) > 4 else ""))  # fmt: skip
     try:
         converted = convert_fx(prepared)
     except Exception as exc:
         raise QuantizationError(
             f"convert_fx failed: {exc}".splitlines()[0], "keep the failing layer in fp32 with --skip"
         ) from exc
+    converted.meta["ptsq_island_leaves"] = leaves
     return converted, observed
 
 
@@ -149,7 +157,7 @@ class FxEngine:
         notes.extend(cleaned)
         wrap_modules(work, {n: r for n, r in layers.items() if _resolves(work, n)})
         if config.speed_guard > 0:
-            slow = slow_layers(work, example_args, backend, config.speed_guard)
+            slow = slow_layers(work, example_args, backend, config.speed_guard, config.speed.threads)
             wrap_modules(work, slow)
             if slow:
                 notes.append(f"speed guard: {len(slow)} layer(s) kept in fp32, their int8 kernel is slower here")
@@ -162,14 +170,28 @@ class FxEngine:
             work, recovered = recover(work, rehearsal, example_args)
             notes.extend(recovered)
             converted, observed = _calibrate_and_convert(work, calibrate, example_args, config, backend, notes)
+            notes.extend(fix_layouts(converted, example_args, config.speed.threads[0], measure=config.speed_guard > 0))
             rows = precision_map(converted, example_args, backend)
+            for n in converted.meta.get("ptsq_island_leaves", []):  # int8 leaves of untraceable fp32 islands
+                op = "Conv2d" if "Conv" in type(converted.get_submodule(n).module).__name__ else "Linear"
+                rows.append(LayerPrecision(public_name(n), op, "int8"))
         return EngineResult(
             module=converted,
             precision=rows,
             notes=notes,
             details={"capture": "torch.fx symbolic trace", "qconfig": qconfig_name(backend), "freeze": config.freeze},
-            debug={"observed": observed},
+            debug={"observed": observed, "backend": backend},
         )
+
+    # --- the whole-model speed check's hooks (ptsq.engines.base.SpeedHooks)
+    def fix_layout(self, result: EngineResult, example_args: tuple[Any, ...], threads: int) -> list[str]:
+        return fix_layouts(result.module, example_args, threads, measure=True)
+
+    def layer_times(self, result: EngineResult, example_args: tuple[Any, ...], threads: int) -> list[LayerTiming]:
+        return layer_times(result, example_args, threads)
+
+    def keep_fp32(self, result: EngineResult, layers: list[LayerTiming], reason: str, threads: int) -> list[str]:
+        return keep_layers_fp32(result, layers, reason, result.debug.get("backend", "x86"), threads)
 
     def save(self, result: EngineResult, path: Path, manifest_json: str, example_args: tuple[Any, ...]) -> nn.Module:
         checks = result.debug.get("check_batches", ())

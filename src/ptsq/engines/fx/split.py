@@ -144,7 +144,7 @@ def quantize_split(
         unit, cleaned = cleanup(unit, config.cleanup)
         notes.extend(f"in '{name}': {n}" for n in cleaned)
         if config.speed_guard > 0:
-            slow = slow_layers(unit, args, backend, config.speed_guard)
+            slow = slow_layers(unit, args, backend, config.speed_guard, config.speed.threads)
             wrap_modules(unit, slow)
             if slow:
                 notes.append(f"in '{name}': speed guard kept {len(slow)} layer(s) in fp32")
