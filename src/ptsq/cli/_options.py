@@ -14,9 +14,9 @@ from ptsq.data.preprocess import (
     parse_floats,
     parse_input_sizes,
     parse_number,
-    parse_size,
     preset,
 )
+from ptsq.data.spec import Chosen, choose
 from ptsq.errors import ConfigError
 
 
@@ -122,21 +122,24 @@ def with_preprocess_options(fn: F) -> F:
     return fn
 
 
-def preprocess_from(default: Preprocess | None, params: Mapping[str, Any]) -> Preprocess:
-    """Model default (or imagenet) < --preset < individual options, from a command's parameters."""
-    preset_name, input_size = params.get("preset_name"), params.get("input_size")
-    mean, std, channels = params.get("mean"), params.get("std"), params.get("channels")
-    pre = preset(preset_name) if preset_name else (default or preset("imagenet"))
-    if preset_name and default is not None and input_size is None:
-        pre = pre.with_overrides(size=default.size) if preset_name == "imagenet" else pre
-    return pre.with_overrides(
-        size=parse_size(input_size) if input_size else None,
-        mean=parse_floats(mean, "mean") if mean else None,
-        std=parse_floats(std, "std") if std else None,
-        scale=params.get("scale"),
-        channels=channels.lower() if channels else None,
-        crop_pct=params.get("crop_pct"),
-    )
+def chosen_preprocess(
+    default: Preprocess | None,
+    params: Mapping[str, Any],
+    *,
+    source: str | None = None,
+    needed: bool = True,
+    size_only: bool = False,
+) -> Chosen:
+    """The model's input spec (``default``, from ``source``) overridden by the command's flags; never a silent
+    default: with no spec, ``needed`` (the command decodes images) makes missing flags an error."""
+    return choose(default, source, params, needed=needed, size_only=size_only)
+
+
+def preprocess_from(default: Preprocess | None, params: Mapping[str, Any], *, source: str | None = None) -> Preprocess:
+    """:func:`chosen_preprocess` for commands that always decode images."""
+    pre = chosen_preprocess(default, params, source=source, needed=True).preprocess
+    assert pre is not None  # needed=True raises instead
+    return pre
 
 
 ReportOpt = Annotated[

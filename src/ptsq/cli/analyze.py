@@ -78,7 +78,7 @@ def analyze_cmd(
         artifact.check_output_path(plot, True)
     report_path = _report.check_path(report_file, (model, calib, weights or ""))
     loaded = load_model(model, weights=weights, trust_pickle=trust_pickle)
-    pre = o.preprocess_from(loaded.preprocess, pre)
+    pre = o.preprocess_from(loaded.preprocess, pre, source=loaded.preprocess_source)
     images = CalibrationImages(
         calib, pre, num=config.calibration.num, batch_size=config.calibration.batch_size, seed=config.seed
     )

@@ -22,6 +22,11 @@ Examples:
 
   ptsq bench torchvision:resnet18 resnet18_int8.pt --threads 1,2 --plot latency.png
 
+  ptsq bench torchvision:resnet18 resnet18_int8.pt --fp32-runtimes onnxruntime,openvino
+
+--fp32-runtimes also times each fp32 model on ONNX Runtime and/or OpenVINO (the engines extra): int8 is then
+shown against the fastest fp32 too ("vs best fp32"), not only against eager PyTorch.
+
 Peak memory: each model is loaded and run again in a fresh child process after the timing, at
 every thread count and batch size; "peak RSS" is that process's resident peak while running at the
 row's setting (Linux resets the peak before each), "above base" subtracts its resident memory right
@@ -60,6 +65,14 @@ def bench_cmd(
         bool, typer.Option("--no-memory", help="Skip peak memory (one child process per model).")
     ] = False,
     report_file: o.ReportOpt = None,
+    fp32_runtimes: Annotated[
+        str | None,
+        typer.Option(
+            "--fp32-runtimes",
+            help="Also time each fp32 model on: onnxruntime, openvino (comma-separated) "
+            "or all, to compare int8 with the fastest fp32.",
+        ),
+    ] = None,
     json_out: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
 ) -> None:
@@ -67,6 +80,7 @@ def bench_cmd(
 
     from ptsq.bench import Candidate, benchmark
     from ptsq.cli._models import load_all
+    from ptsq.engines.runtimes import fp32_module, parse_runtimes
 
     out = Output(json_mode=json_out, quiet=quiet)
     thread_list, batch_list = _ints(threads, "threads"), _ints(batch_size, "batch-size")
@@ -78,6 +92,7 @@ def bench_cmd(
         require_matplotlib()
         plot_path = check_output_path(plot, force=True)  # fail before minutes of timing
     report_path = _report.check_path(report_file, tuple(models))
+    runtimes = parse_runtimes(fp32_runtimes) if fp32_runtimes else []
     items = load_all(models, weights, trust_pickle)
     cands = [Candidate(i.label, i.runner, i.size_bytes, kind=i.kind, source=i.source) for i in items]
     shapes = _input_shapes(items, input_size)
@@ -86,6 +101,16 @@ def bench_cmd(
 
     def make_inputs(bs: int) -> tuple[Any, ...]:
         return tuple(b[:bs].contiguous() for b in bases)
+
+    extra = []
+    for item in items:
+        if item.kind != "fp32":
+            continue
+        for name in runtimes:
+            out.info(f"converting {item.label} to {name} (fp32)")
+            extra.append(Candidate(f"{item.label} [{name}]", fp32_module(name, item.module, make_inputs(1)),
+                                   kind=f"fp32 ({name})"))  # fmt: skip
+    cands[1:1] = extra  # after the first model: the speed-up stays over eager fp32
 
     res = benchmark(
         cands,
@@ -99,8 +124,11 @@ def bench_cmd(
         memory=not no_memory,
     )
     data = {"input_shape": shapes[0], **({"input_shapes": shapes} if len(shapes) > 1 else {}), **res.to_dict()}
+    if extra:
+        _against_best_fp32(data["timings"])
+    skip = {c.label for c in extra}
     for m in res.memory:
-        if m.get("error"):
+        if m.get("error") and m["label"] not in skip:
             out.warn(f"peak memory of '{m['label']}' not measured: {m['error']}")
     if plot_path is not None:
         from ptsq.plot import plot_latency
@@ -108,9 +136,23 @@ def bench_cmd(
         plot_latency(data, plot_path)
         data["plot"] = str(plot_path)
         out.info(f"wrote {plot_path}")
-    arts = [s for s, c in zip(models, cands) if c.kind != "fp32"]
+    arts = [s for s, i in zip(models, items) if i.kind != "fp32"]  # the runtimes' extra candidates are not artifacts
     _report.write(out, report_path, data, artifacts=arts, bench=data)
     out.result(data, render)
+
+
+def _against_best_fp32(timings: list[dict[str, Any]]) -> None:
+    """Each row's speed-up over the fastest fp32 (any runtime) at the same threads and batch size."""
+    best: dict[tuple[int, int], dict[str, Any]] = {}
+    for t in timings:
+        key = (t["threads"], t["batch_size"])
+        if t["kind"].startswith("fp32") and (key not in best or t["median_ms"] < best[key]["median_ms"]):
+            best[key] = t
+    for t in timings:
+        b = best.get((t["threads"], t["batch_size"]))
+        if b is not None:
+            t["speedup_vs_best_fp32"] = round(b["median_ms"] / t["median_ms"], 3)
+            t["best_fp32"] = b["label"]
 
 
 def _input_shapes(items: list[Any], input_size: str | None) -> list[list[int]]:
@@ -142,20 +184,23 @@ def render(console: Console, d: dict[str, Any]) -> None:
     m = d["machine"]
     title = f"ptsq bench — {m['cpu']} ({', '.join(m['isa']) or 'no SIMD flags read'}), torch {m['torch']}"
     t = Table(title=title, title_justify="left")
+    best = any("speedup_vs_best_fp32" in r for r in d["timings"])
     cols = ("model", "kind", "threads", "batch", "median ms", "p90 ms", "mean ms", "min ms", "samples/s", "speed-up",
-            "size", "peak RSS", "above base")  # fmt: skip
+            *(("vs best fp32",) if best else ()), "size", "peak RSS", "above base")  # fmt: skip
     for col in cols:
         t.add_column(col, justify="right" if col not in ("model", "kind") else "left")
     for r in d["timings"]:
         t.add_row(
             r["label"], r["kind"], str(r["threads"]), str(r["batch_size"]), f"{r['median_ms']:.2f}",
             f"{r['p90_ms']:.2f}", f"{r['mean_ms']:.2f}", f"{r['min_ms']:.2f}", f"{r['samples_per_s']:.1f}",
-            f"{r['speedup']:.2f}x", human_bytes(r["size_bytes"]), _mb(r.get("peak_rss_mb")), _mb(r.get("model_mb")),
+            f"{r['speedup']:.2f}x", *((f"{r['speedup_vs_best_fp32']:.2f}x",) if best else ()),
+            human_bytes(r["size_bytes"]), _mb(r.get("peak_rss_mb")), _mb(r.get("model_mb")),
         )  # fmt: skip
     console.print(t)
     console.print(
         f"{m['cores']} cores, quantized engine {m['quantized_engine']}; input {d['input_shape']}; "
-        "medians of interleaved runs; speed-up is over the first model.",
+        "medians of interleaved runs; speed-up is over the first model"
+        + ("; 'vs best fp32' over the fastest fp32 runtime at the same setting." if best else "."),
         soft_wrap=True,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import time
 import warnings
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -97,6 +98,37 @@ def quantize_cmd(
         float,
         typer.Option("--speed-guard", help="Keep a layer fp32 if its int8 kernel is this many times slower; 0 = off."),
     ] = 1.5,
+    threads: Annotated[
+        str,
+        typer.Option(
+            "--threads",
+            help="Thread counts the model will run at, e.g. 1 or 1,2: the speed guard and "
+            "the whole-model speed check measure at these.",
+        ),
+    ] = "1",
+    min_speedup: Annotated[
+        float, typer.Option("--min-speedup", help="int8 must be at least this many times faster than fp32.")
+    ] = 1.0,
+    allow_slower: Annotated[
+        bool,
+        typer.Option(
+            "--allow-slower",
+            help="Write the artifact even when int8 is not faster than fp32 (otherwise: exit code 3, nothing written).",
+        ),
+    ] = False,
+    no_speed_check: Annotated[
+        bool,
+        typer.Option(
+            "--no-speed-check", help="Skip the whole-model speed check (its timings make artifacts differ run to run)."
+        ),
+    ] = False,
+    check_samples: Annotated[
+        int,
+        typer.Option(
+            "--check-samples",
+            help="Samples held back from calibration for the self-check (0: 32, or an eighth of a larger set).",
+        ),
+    ] = 0,
     mode: Annotated[
         str, typer.Option("--mode", help="static (calibrated PTQ) | dynamic (Linear/LSTM/GRU) | qat (fine-tune).")
     ] = "static",
@@ -147,11 +179,17 @@ def _quantize(ctx: typer.Context, p: dict[str, Any]) -> None:
         from ptsq.errors import ConfigError
 
         raise ConfigError("--mode static needs calibration data (--calib)", "pass --calib DIR, or use --mode dynamic")
+    from ptsq.modes.speed import check_threads
+
     target = artifact.check_output_path(p["output"], p["force"])
     report_path = _report.check_path(p["report_file"], (p["model"], p["calib"] or "", p["weights"] or "", p["output"]))
+    check_threads(config.speed.threads)
     t0 = time.perf_counter()
     loaded = load_model(p["model"], weights=p["weights"], trust_pickle=p["trust_pickle"])
-    pre = o.preprocess_from(loaded.preprocess, p)
+    random_inputs = config.mode == "dynamic" and not p["calib"]  # only their size matters
+    chosen = o.chosen_preprocess(loaded.preprocess, p, source=loaded.preprocess_source, size_only=random_inputs,
+                                 needed=_decodes_images(loaded.model, config, p))  # fmt: skip
+    pre = chosen.preprocess
     advice = _advice(loaded.model, pre, config.mode)
     if advice:
         out.warn(advice)
@@ -180,6 +218,15 @@ def _quantize(ctx: typer.Context, p: dict[str, Any]) -> None:
     for w in caught:
         if w.category.__name__ == "QuantizationWarning":
             out.warn(str(w.message))
+    speed = qm.manifest.get("speed") or {}
+    if speed.get("verdict") == "slower":
+        line = _slower_line(speed)
+        if not p["allow_slower"]:
+            from ptsq.errors import SlowerThanFp32Error
+
+            raise SlowerThanFp32Error(f"{line}; nothing written")
+        out.warn(f"{line} (kept: --allow-slower)")
+    qm.manifest["preprocess_source"] = chosen.source
     qm.manifest["model"] = {"spec": p["model"], "weights_sha256": loaded.weights_sha256}
     if p["save_config"]:
         cfg.save_config(config, p["save_config"])
@@ -206,6 +253,29 @@ def _check_ray(ray: str | None, workers: int | None, budget: bool, engine: str) 
     require_ray()
 
 
+def _decodes_images(model: Any, config: Any, p: dict[str, Any]) -> bool:
+    """Whether this run turns images into inputs (and so needs to know how): not for tensor or text files,
+    nor for dynamic mode on a model that gives its own example inputs."""
+    mode = config.mode
+    path = p["train_data"] if mode == "qat" else p["calib"]
+    if path and not Path(path).expanduser().exists():  # the more basic problem first
+        from ptsq.errors import DataError
+
+        what = "labelled data folder" if mode == "qat" else "calibration data"
+        raise DataError(f"{what} '{path}' does not exist", "check the path")
+    if path:
+        return mode == "qat" or not (Path(path).expanduser().is_file() or config.calibration.tokenizer)
+    return mode != "dynamic" or not callable(getattr(model, "example_inputs", None))
+
+
+def _slower_line(speed: dict[str, Any]) -> str:
+    from ptsq.modes.speed import speed_line
+
+    want = speed.get("min_speedup", 1.0)
+    goal = "faster than fp32" if want <= 1.0 else f"{want:g}x faster than fp32"
+    return f"the int8 model is not {goal}: int8 {speed_line(speed)} ({speed.get('fp32')})"
+
+
 def _advice(model: Any, pre: Any, mode: str) -> str | None:
     from ptsq.data.inputs import example_for
     from ptsq.modes.advice import advise
@@ -230,12 +300,15 @@ def _summary(qm: Any, fp32: Any, target: Any, mode: str, seconds: float) -> dict
         **({"budget": qm.manifest["budget"]} if "budget" in qm.manifest else {}),
         "fp32_bytes": buf.tell(),
         "seconds": round(seconds, 2),
+        "preprocess_source": qm.manifest.get("preprocess_source"),
     }
     data["size_ratio"] = round(data["fp32_bytes"] / max(1, data["int8_bytes"]), 2)
     return data
 
 
 def render(console: Console, d: dict[str, Any]) -> None:
+    from ptsq.modes.check import figures
+
     c = d["check"]
     t = Table(title=f"ptsq quantize → {d['output']}", show_header=False, title_justify="left")
     t.add_column(style="bold")
@@ -253,14 +326,15 @@ def render(console: Console, d: dict[str, Any]) -> None:
         last = d["training"]["epochs"][-1] if d["training"]["epochs"] else {}
         t.add_row("QAT", f"{d['training']['steps']} steps, last epoch loss {last.get('loss', 0):.3f} acc "
                          f"{last.get('accuracy', 0):.3f}")  # fmt: skip
-    if c.get("sqnr_db") is None:  # variable-size outputs (detections): not compared element-wise
-        check = "not compared: the outputs vary in size (see notes)"
-    else:
-        check = f"SQNR {c['sqnr_db']:.1f} dB, cosine {c['cosine']:.4f}"
-    if c.get("top1_agreement") is not None:
-        check += f", top-1 agreement {c['top1_agreement']:.3f}"
-    check += f" on {c['samples']} held-back samples" if c.get("held_out") else f" on {c['samples']} samples"
-    t.add_row("int8 vs fp32", ("" if c.get("passed") is not False else "[red]POOR[/red] ") + check)
+    t.add_row("preprocessing", _preprocessing(d))
+    verdict = {
+        "good": "[green]GOOD[/green] ",
+        "poor": "[red]POOR[/red] ",
+        "too few samples": "[yellow]no verdict[/yellow] ",
+    }
+    t.add_row("int8 vs fp32", verdict.get(c.get("verdict", ""), "") + figures(c) + f" ({c.get('output', '?')})")
+    if d.get("speed"):
+        t.add_row("speed", _speed(d["speed"]))
     t.add_row("time", f"{d['seconds']} s")
     console.print(t)
     if d["fp32_layers"]:
@@ -277,6 +351,26 @@ def render(console: Console, d: dict[str, Any]) -> None:
         acc.render_budget(console, d["budget"])
     if d.get("auto"):
         render_auto(console, d["auto"])
+
+
+def _preprocessing(d: dict[str, Any]) -> str:
+    from ptsq.data.preprocess import Preprocess
+    from ptsq.data.spec import Chosen
+
+    p = d.get("preprocess")
+    source = d.get("preprocess_source") or "?"
+    return Chosen(Preprocess.from_dict(p) if p else None, source).describe()
+
+
+def _speed(s: dict[str, Any]) -> str:
+    from ptsq.modes.speed import speed_line
+
+    if s.get("verdict") == "not checked":
+        return "not checked (speed.check off)"
+    tag = "[green]FASTER[/green]" if s["verdict"] == "faster" else "[red]SLOWER[/red]"
+    how = ", ".join(sorted(set(s.get("method", {}).values())))
+    changed = f"; {len(s['changes'])} change(s), see notes" if s.get("changes") else ""
+    return f"{tag} int8 {speed_line(s)} vs {s.get('fp32')}, batch 1, {how}{changed}"
 
 
 def render_auto(console: Console, a: dict[str, Any]) -> None:

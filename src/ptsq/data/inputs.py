@@ -29,7 +29,7 @@ DYNAMIC_CHECK_SAMPLES = 64  # dynamic mode only checks against fp32: a few batch
 
 def calibration_source(
     path: str,
-    pre: Preprocess,
+    pre: Preprocess | None,
     config: QuantConfig,
     *,
     max_images: int,
@@ -46,19 +46,25 @@ def calibration_source(
             batch_size=cal.batch_size, seed=config.seed,
         )  # fmt: skip
         shape = getattr(source, "sample_shape", None)  # already model inputs: the preprocessing only if it fits
-        return source, pre if shape == tuple(pre.input_shape()[1:]) else None
+        return source, pre if pre is not None and shape == tuple(pre.input_shape()[1:]) else None
+    if pre is None:  # never a silent default (ImageNet's): the caller says how pixels become inputs
+        raise ConfigError(
+            f"decoding the images in '{path}' needs their preprocessing", "pass --preset and --input-size (API: preprocess=)"
+        )
     images = CalibrationImages(
         path, pre, num=num or cal.num, batch_size=cal.batch_size, seed=config.seed, max_images=max_images
     )
     return images, pre
 
 
-def example_for(model: nn.Module, pre: Preprocess) -> tuple[Any, ...]:
+def example_for(model: nn.Module, pre: Preprocess | None) -> tuple[Any, ...]:
     """The model's own ``example_inputs()`` if it has one, else one image-shaped input from ``pre``."""
     fn = getattr(model, "example_inputs", None)
     if callable(fn):
         ex = fn()
         return tuple(ex) if isinstance(ex, (tuple, list)) else (ex,)
+    if pre is None:
+        raise ConfigError("the model has no example_inputs() and no input size is known", "pass --input-size")
     channels = 1 if pre.channels == "gray" else 3
     g = torch.Generator().manual_seed(0)
     return (torch.randn(1, channels, *pre.size, generator=g),)
@@ -76,7 +82,7 @@ class ModeData:
 
 
 def mode_data(
-    model: nn.Module, path: str | None, pre: Preprocess, config: QuantConfig, *, max_images: int,
+    model: nn.Module, path: str | None, pre: Preprocess | None, config: QuantConfig, *, max_images: int,
     calib: str | None = None,
 ) -> ModeData:  # fmt: skip
     """The data ``config.mode`` takes, from a folder of images, a tensor or text file, or nothing.
@@ -113,7 +119,7 @@ def mode_data(
             tuple(torch.randn(a.shape, generator=g) if a.is_floating_point() else a for a in example) for _ in range(3)
         ]
         return ModeData([example, *variants], example, {}, None)
-    return ModeData(None, example, {}, pre)
+    return ModeData(None, example, {}, None)  # random inputs of the given size: no preprocessing describes them
 
 
 def model_inputs(
@@ -129,19 +135,17 @@ def model_inputs(
     max_images: int = 1_000_000,
 ) -> CalibrationSource:
     """What ``--calib SOURCE`` reads, from Python: batches for ``model`` from a folder of images (with
-    ``preprocess``), a tensor file, or a text file with ``tokenizer``."""
+    ``preprocess``, required for images: never guessed), a tensor file, or a text file with ``tokenizer``."""
     from ptsq.config import CalibrationOptions
-    from ptsq.data.preprocess import preset
 
     options = CalibrationOptions(
         num=num, batch_size=batch_size, tokenizer=str(tokenizer or ""), max_length=max_length
     )  # fmt: skip
     config = QuantConfig(seed=seed, calibration=options)
-    pre = preprocess if preprocess is not None else preset("imagenet")
-    return calibration_source(str(source), pre, config, max_images=max_images, model=model)[0]
+    return calibration_source(str(source), preprocess, config, max_images=max_images, model=model)[0]
 
 
-def _qat_example(model: nn.Module, calib: str, pre: Preprocess, config: QuantConfig, max_images: int) -> tuple:
+def _qat_example(model: nn.Module, calib: str, pre: Preprocess | None, config: QuantConfig, max_images: int) -> tuple:
     """QAT's example inputs from ``--calib``: the first batch, positional, one sample where the model takes one."""
     from ptsq.calibration import as_positional, example_from_batch
 
