@@ -10,7 +10,7 @@ import torch
 from tests.cli.conftest import assert_clean_error, run_cli, spec
 from tests.integration.test_accuracy_tools import broken_small_net
 
-COMMON = ("--input-size", "32", "--num-calib", "16", "--batch-size", "4", "--speed-guard", "0")
+COMMON = ("--preset", "imagenet", "--input-size", "32", "--num-calib", "16", "--batch-size", "4", "--speed-guard", "0")
 NO_CLE = ("--cleanup", "conv-modules,fold-pad,fold-bn,clamp-ranges")  # CLE would half-repair the broken layer
 
 
@@ -65,7 +65,8 @@ def test_quantize_observer_cleanup_and_config_file(photo_dir, small_weights, tmp
 
 
 def test_bad_accuracy_options_are_clean_errors(photo_dir, small_weights, tmp_path):
-    base = ("quantize", spec("SmallNet"), "--weights", small_weights, "--calib", photo_dir, "-o", tmp_path / "x.pt")
+    base = ("quantize", spec("SmallNet"), "--weights", small_weights, "--calib", photo_dir, "-o", tmp_path / "x.pt",
+            "--preset", "imagenet", "--input-size", "32")  # fmt: skip
     assert_clean_error(run_cli(*base, "--observer", "kl"), "observer 'kl'")
     assert_clean_error(run_cli(*base, "--no-cleanup", "fold-everything"), "clean-up step")
     assert_clean_error(run_cli(*base, "--max-drop", "1"), "labelled")

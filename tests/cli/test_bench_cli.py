@@ -16,8 +16,8 @@ def art(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("bench")
     out = root / "colour.pt"
     imgs = class_folders(root / "imgs")
-    res = run_cli("quantize", spec("ColourNet"), "--calib", imgs, "-o", out, "--preset", "unit",
-                  "--input-size", "16", "--speed-guard", "0", "--num-calib", "12", "--quiet")  # fmt: skip
+    res = run_cli("quantize", spec("ColourNet"), "--calib", imgs, "-o", out, "--preset", "unit", "--input-size", "16",
+                  "--speed-guard", "0", "--num-calib", "12", "--allow-slower", "--quiet")  # fmt: skip
     assert res.code == 0, res.stderr
     return out
 
@@ -80,3 +80,18 @@ def test_refuses_different_outputs_unless_told(art):
     res = run_cli(*args, "--allow-different-outputs", "--no-memory", "--json")
     assert res.code == 0, res.stderr
     assert len(json.loads(res.stdout)["timings"]) == 2
+
+
+def test_fp32_runtimes_are_timed_beside_eager_and_int8_is_shown_against_the_fastest(art):
+    pytest.importorskip("onnxruntime")
+    res = run_cli("bench", spec("ColourNet"), art, "--fp32-runtimes", "onnxruntime", "--runs", "3", "--warmup", "1",
+                  "--no-memory", "--json")  # fmt: skip
+    assert res.code == 0, res.stderr
+    t = json.loads(res.stdout)["timings"]
+    assert [r["kind"] for r in t] == ["fp32", "fp32 (onnxruntime)", "int8 (fx)"]
+    best = min((r for r in t if r["kind"].startswith("fp32")), key=lambda r: r["median_ms"])
+    for r in t:
+        assert r["best_fp32"] == best["label"]
+        assert r["speedup_vs_best_fp32"] == pytest.approx(best["median_ms"] / r["median_ms"], rel=1e-2)
+    assert t[0]["speedup"] == 1.0  # the first model (eager fp32) stays the base of "speed-up"
+    assert_clean_error(run_cli("bench", spec("ColourNet"), art, "--fp32-runtimes", "tensorrt"), "tensorrt")

@@ -14,8 +14,9 @@ from tests.models import TwoInOut
 
 def test_untraceable_block_is_reported_and_strict_fails(tmp_path, photo_dir):
     out = tmp_path / "o.pt"
-    res = run_cli("quantize", spec("sandwich_assert"), "--calib", photo_dir, "-o", out, "--input-size", "16",
-                  "--num-calib", "4", "--speed-guard", "0", "--json")  # fmt: skip
+    res = run_cli("quantize", spec("sandwich_assert"), "--calib", photo_dir, "-o", out, "--preset", "imagenet",
+                  "--input-size", "16", "--num-calib", "4", "--speed-guard", "0", "--allow-slower",
+                  "--json")  # fmt: skip
     assert res.code == 0, res.stderr
     data = json.loads(res.stdout)
     fp32 = {r["name"]: r for r in data["fp32_layers"]}
@@ -23,7 +24,7 @@ def test_untraceable_block_is_reported_and_strict_fails(tmp_path, photo_dir):
     assert data["layers"]["int8"] >= 3
     assert any("assert bool" in n for n in data["notes"])
     res = run_cli("quantize", spec("sandwich_assert"), "--calib", photo_dir, "-o", tmp_path / "s.pt",
-                  "--input-size", "16", "--num-calib", "4", "--strict", "--quiet")  # fmt: skip
+                  "--preset", "imagenet", "--input-size", "16", "--num-calib", "4", "--strict", "--quiet")  # fmt: skip
     assert_clean_error(res, "block", "assert bool")
     assert not (tmp_path / "s.pt").exists()
 

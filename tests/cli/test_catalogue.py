@@ -36,7 +36,8 @@ from tests.cli.conftest import Result, run_cli, spec
 from tests.conftest import write_photos
 from tests.models import FaceNet, SmallNet, randomize_bn
 
-QFAST = ["--input-size", "32", "--num-calib", "8", "--batch-size", "4", "--speed-guard", "0"]
+QFAST = ["--preset", "imagenet", "--input-size", "32", "--num-calib", "8", "--batch-size", "4", "--speed-guard", "0",
+         "--no-speed-check"]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- file makers
@@ -188,6 +189,25 @@ class Case:
 def q(ctx: Ctx, calib: object, *extra: object, model: str = "SmallNet", weights: bool = True) -> list[object]:
     w = ["--weights", ctx.weights] if weights else []
     return ["quantize", spec(model), *w, "--calib", calib, "-o", ctx.out / "o.pt", *QFAST, *extra]
+
+
+def bare(ctx: Ctx, *extra: object, model: str = "SmallNet") -> list[object]:
+    """quantize without QFAST's preprocessing flags and speed options: the case gives what it needs."""
+    return ["quantize", spec(model), "--weights", ctx.weights, "--calib", ctx.photos, "-o", ctx.out / "o.pt",
+            "--num-calib", "8", "--batch-size", "4", "--speed-guard", "0", *extra]  # fmt: skip
+
+
+def _picky(ctx: Ctx) -> list[object]:
+    """A model whose forward refuses one thread: the speed check (--threads 1) cannot time it."""
+    return ["quantize", spec("ThreadPicky"), "--calib", ctx.photos, "-o", ctx.out / "o.pt", "--num-calib", "8",
+            "--batch-size", "4", "--speed-guard", "0", "--input-size", "32", "--mean", "0", "--std", "1",
+            "--scale", "1"]  # fmt: skip
+
+
+def _cores_plus_one() -> str:
+    from ptsq.machine import usable_cores
+
+    return str(usable_cores() + 1)
 
 
 def folder(ctx: Ctx, name: str, files: dict[str, bytes | Callable[[Path], object]], good: int = 0) -> Path:
@@ -390,6 +410,17 @@ CASES = [
     Case("bad-mean", lambda c: q(c, c.photos, "--mean", "0.5,x,0.5"), ("not a list of numbers",)),
     Case("bad-skip-regex", lambda c: q(c, c.photos, "--skip", "regex:(conv"), ("invalid",)),
     Case("skip-matches-nothing", lambda c: q(c, c.photos, "--skip", "name:nothing.here"), ("nothing.here",)),
+    Case("no-input-spec-no-flags", lambda c: bare(c), ("no input spec", "no preprocessing was given")),
+    Case("preset-size-missing", lambda c: bare(c, "--preset", "minus1to1"), ("--input-size",)),
+    Case(
+        "preprocessing-conflict",
+        lambda c: bare(c, "--preset", "imagenet", "--mean", "0.5", "--input-size", "32"),
+        ("--preset imagenet and --mean",),
+    ),
+    Case("threads-zero", lambda c: q(c, c.photos, "--threads", "0"), ("--threads '0'", "at least 1")),
+    Case("threads-above-cores", lambda c: q(c, c.photos, "--threads", _cores_plus_one()), ("core(s)",)),
+    Case("check-samples-over-data", lambda c: q(c, c.photos, "--check-samples", "6"), ("--check-samples 6", "6 calib")),
+    Case("model-rejects-timing-threads", lambda c: _picky(c), ("fails when timed at 1 thread",)),
     # ---- output
     Case("output-folder-missing", lambda c: _ro_output(c, str(c.out / "no" / "o.pt")), ("does not exist",)),
     Case("output-exists-no-force", lambda c: _ro_output(c, str(_exists(c))), ("already exists",)),
@@ -569,7 +600,7 @@ def test_real_read_only_and_full_file_systems(kind: str, tmp_path: Path, shared)
 
 
 def _quantize_proc(repo: Path, weights: Path, calib: Path, out: Path, seed: int) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "src"), str(repo)]), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "ptsq.cli.main", "quantize", spec("SmallNet"), "--weights", str(weights),
            "--calib", str(calib), "-o", str(out), "--force", "--seed", str(seed), *QFAST, "-q"]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -612,7 +643,7 @@ def test_in_process_repeat_gives_identical_outputs(shared) -> None:
     runs = []
     for _ in range(2):
         calib = CalibrationTensors(path, num=16, batch_size=4)
-        qm = ptsq.quantize(model, calib, config=ptsq.QuantConfig(speed_guard=0), progress=False)
+        qm = ptsq.quantize(model, calib, config=ptsq.QuantConfig(speed_guard=0, speed={"check": False}), progress=False)
         runs.append(qm)
     x = torch.randn(4, 3, 32, 32)
     assert torch.equal(runs[0](x), runs[1](x))

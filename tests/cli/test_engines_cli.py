@@ -12,7 +12,7 @@ from ptsq.config import QuantConfig
 from tests.cli.conftest import assert_clean_error, run_cli, spec
 from tests.models import FaceNet, SmallNet, randomize_bn
 
-COMMON = ("--input-size", "32", "--num-calib", "16", "--batch-size", "4", "--speed-guard", "0")
+COMMON = ("--preset", "imagenet", "--input-size", "32", "--num-calib", "16", "--batch-size", "4", "--speed-guard", "0")
 
 
 def _quantize(engine: str, model: str, weights, photo_dir, out, *extra: str):
@@ -26,7 +26,9 @@ def test_onnx_engine_quantize_info_bench(photo_dir, small_weights, tmp_path):
     out = tmp_path / "small.onnx"
     data = json.loads(_quantize("onnx", "SmallNet", small_weights, photo_dir, out, "--json").stdout)
     assert data["engine"] == "onnx" and data["layers"]["int8"] >= 4
-    assert data["check"]["passed"] and data["int8_bytes"] == out.stat().st_size
+    # 16 images: 8 held back, too few for a verdict; the figures are still there
+    assert data["check"]["sqnr_db"] > 20.0 and data["check"]["passed"] is None
+    assert data["int8_bytes"] == out.stat().st_size
 
     info = json.loads(run_cli("info", out, "--json").stdout)
     assert info["engine"] == "onnx" and info["details"]["activations"] == "uint8"
@@ -42,7 +44,7 @@ def test_prelu_model_through_cli_with_onnx(photo_dir, tmp_path):
     w = tmp_path / "face.pth"
     torch.save(randomize_bn(FaceNet()).state_dict(), w)
     out = tmp_path / "face.onnx"
-    data = json.loads(_quantize("onnx", "FaceNet", w, photo_dir, out, "--json").stdout)
+    data = json.loads(_quantize("onnx", "FaceNet", w, photo_dir, out, "--allow-slower", "--json").stdout)
     assert data["check"]["sqnr_db"] > 20.0
     assert {r["op"] for r in data["fp32_layers"]} >= {"PRelu"}
 

@@ -23,8 +23,8 @@ def test_quantize_info_bench_json(photo_dir, small_weights, tmp_path):
     out = tmp_path / "small.pt"
     before = tree_digest(photo_dir)
     res = run_cli("quantize", spec("SmallNet"), "--weights", small_weights, "--calib", photo_dir, "-o", out,
-                  "--input-size", "32", "--num-calib", "16", "--batch-size", "4",
-                  "--speed-guard", "0", "--json")  # fmt: skip
+                  "--preset", "imagenet", "--input-size", "32", "--num-calib", "16",
+                  "--batch-size", "4", "--speed-guard", "0", "--json")  # fmt: skip
     assert res.code == 0, res.stderr
     data = json.loads(res.stdout)
     assert data["layers"]["int8"] >= 4 and data["layers"]["fp32"] == 0
@@ -45,7 +45,8 @@ def test_quantize_info_bench_json(photo_dir, small_weights, tmp_path):
     assert b["machine"]["cores"] >= 1
 
     # an existing output is not overwritten without --force
-    res = run_cli("quantize", spec("SmallNet"), "--calib", photo_dir, "-o", out, "--input-size", "32")
+    res = run_cli("quantize", spec("SmallNet"), "--calib", photo_dir, "-o", out, "--preset", "imagenet",
+                  "--input-size", "32")  # fmt: skip
     assert_clean_error(res, "already exists")
 
 
@@ -79,7 +80,8 @@ def test_missing_calibration_folder(tmp_path):
 
 def test_empty_calibration_folder(tmp_path):
     (tmp_path / "empty").mkdir()
-    res = run_cli("quantize", spec("SmallNet"), "--calib", tmp_path / "empty", "-o", tmp_path / "o.pt")
+    res = run_cli("quantize", spec("SmallNet"), "--calib", tmp_path / "empty", "-o", tmp_path / "o.pt",
+                  "--preset", "imagenet", "--input-size", "32")  # fmt: skip
     assert_clean_error(res, "empty")
     assert not (tmp_path / "o.pt").exists()
 
@@ -87,7 +89,8 @@ def test_empty_calibration_folder(tmp_path):
 def test_folder_without_readable_images(tmp_path):
     d = _bad_folder(tmp_path)
     before = tree_digest(d)
-    res = run_cli("quantize", spec("SmallNet"), "--calib", d, "-o", tmp_path / "o.pt", "--input-size", "32")
+    res = run_cli("quantize", spec("SmallNet"), "--calib", d, "-o", tmp_path / "o.pt", "--preset", "imagenet",
+                  "--input-size", "32")  # fmt: skip
     assert_clean_error(res, "could be read")
     assert not (tmp_path / "o.pt").exists()
     assert tree_digest(d) == before
@@ -98,7 +101,7 @@ def test_some_unreadable_images_are_skipped_and_named(tmp_path, small_weights):
     write_photos(d, 8)
     (d / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     res = run_cli("quantize", spec("SmallNet"), "--weights", small_weights, "--calib", d, "-o", tmp_path / "o.pt",
-                  "--input-size", "32", "--batch-size", "4", "--json")  # fmt: skip
+                  "--preset", "imagenet", "--input-size", "32", "--batch-size", "4", "--json")  # fmt: skip
     assert res.code == 0, res.stderr
     data = json.loads(res.stdout)
     assert data["calibration"]["skipped"] == 1
@@ -126,7 +129,7 @@ def test_pickled_module_needs_trust_pickle(tmp_path, photo_dir):
     assert_clean_error(res, "pickled")
     assert "--trust-pickle" in res.stderr
     res = run_cli("quantize", p, "--trust-pickle", "--calib", photo_dir, "-o", tmp_path / "o.pt",
-                  "--input-size", "32", "--num-calib", "8", "--quiet")  # fmt: skip
+                  "--preset", "imagenet", "--input-size", "32", "--num-calib", "8", "--quiet")  # fmt: skip
     assert res.code == 0, res.stderr
     assert (tmp_path / "o.pt").exists()
 
@@ -140,14 +143,14 @@ def test_torchscript_model_is_refused(tmp_path, photo_dir):
 
 def test_untraceable_model_names_the_line(tmp_path, photo_dir):
     res = run_cli("quantize", spec("RootUntraceable"), "--calib", photo_dir, "-o", tmp_path / "o.pt",
-                  "--input-size", "16", "--num-calib", "4", "--strict", "--quiet")  # fmt: skip
+                  "--preset", "imagenet", "--input-size", "16", "--num-calib", "4", "--strict", "--quiet")  # fmt: skip
     assert_clean_error(res, "cannot trace", "y.sum() > 0", "models.py")
     assert not (tmp_path / "o.pt").exists()
 
 
 def test_input_size_the_model_rejects(tmp_path, photo_dir):
     res = run_cli("quantize", spec("FixedSizeNet"), "--calib", photo_dir, "-o", tmp_path / "o.pt",
-                  "--input-size", "32", "--num-calib", "4")  # fmt: skip
+                  "--preset", "imagenet", "--input-size", "32", "--num-calib", "4")  # fmt: skip
     assert_clean_error(res, "rejects inputs of shape", "(1, 3, 32, 32)")
 
 

@@ -14,7 +14,7 @@ import ptsq
 from tests.cli.conftest import assert_clean_error, run_cli, spec
 
 SEQ = Path(__file__).resolve().parents[1] / "models_seq.py"
-COMMON = ["--input-size", "32", "--num-calib", "8", "--batch-size", "4"]
+COMMON = ["--preset", "imagenet", "--input-size", "32", "--num-calib", "8", "--batch-size", "4"]
 
 
 def test_mode_dynamic_in_a_recipe_runs_dynamic_mode(tmp_path: Path) -> None:
@@ -43,6 +43,7 @@ def test_save_config_then_config_gives_a_byte_identical_artifact(
     flags = [
         "--speed-guard",
         "0",
+        "--no-speed-check",  # its measured times would make the two artifacts differ
         "--observer",
         "minmax",
         "--no-cleanup",
@@ -57,8 +58,8 @@ def test_save_config_then_config_gives_a_byte_identical_artifact(
     assert res.returncode == 0, res.stderr
     saved = yaml.safe_load(recipe.read_text())
     assert saved["fx"]["observer"] == "minmax" and "equalize" not in saved["cleanup"] and saved["skip"] == ["name:fc"]
-    res = _ptsq("quantize", spec("SmallNet"), "-w", small_weights, "--calib", photo_dir, "--input-size", "32",
-                "--config", recipe, "-o", second, "-q")  # fmt: skip
+    res = _ptsq("quantize", spec("SmallNet"), "-w", small_weights, "--calib", photo_dir, "--preset", "imagenet",
+                "--input-size", "32", "--config", recipe, "-o", second, "-q")  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert first.read_bytes() == second.read_bytes()
     res = run_cli("info", first, "--recipe")

@@ -123,7 +123,8 @@ def test_torchvision_models_quantize_and_reload(arch, min_sqnr, photo_dir, tmp_p
     check = loaded.manifest["check"]
     if min_sqnr is not None:
         assert check["sqnr_db"] > min_sqnr
-    assert check["passed"] == (check["sqnr_db"] >= 15.0)
+    # 16 images: 8 held back, too few for a verdict (figures shown, no GOOD/POOR)
+    assert check["samples"] == 8 and check["passed"] is None and check["verdict"] == "too few samples"
 
 
 def test_artifact_runs_in_fresh_process_without_model_code(tmp_path):
@@ -160,7 +161,7 @@ def test_dataloader_pairs_and_inputs_are_not_modified():
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xs, ys), batch_size=6)
     qm = ptsq.quantize(model, loader, progress=False)
     assert torch.equal(xs, before)
-    assert qm.manifest["calibration"]["samples"] == 18  # one batch of 6 held back for the check
+    assert qm.manifest["calibration"]["samples"] == 12  # 24 samples: half held back (the check wants 32)
     assert qm.fidelity["held_out"] is True
 
 
