@@ -8,7 +8,10 @@ process with a time limit:
 * int8 compute share: conv/linear multiply-accumulates counted with forward hooks on the converted
   model (quantized modules = int8, float modules = fp32); a model with no int8 compute counts as
   NOT quantized, whatever quantize() returned;
-* fp32 vs int8 latency at 1 thread, batch 1, interleaved, medians;
+* fp32 vs int8 latency at 1 thread, batch 1, interleaved, medians, of the saved artifact loaded back
+  (what users run), measured here independently of quantize's own speed check;
+* quantize's speed verdict (``summary()["speed"]``): a model whose artifact is slower here while quantize
+  said "faster" is counted as *slower without a word* (the number the suite must keep at 0);
 * output SQNR int8 vs fp32 on one fixed input.
 
 Results are merged into ``benchmarks/results/coverage.json`` after every model (``--only`` re-runs
@@ -215,6 +218,20 @@ def _latency(fp: Any, q: Any, args: tuple[Any, ...], runs: int, budget_s: float)
     return statistics.median(times["fp"]) * 1e3, statistics.median(times["q"]) * 1e3
 
 
+def _artifact(qm: Any, e: Entry) -> tuple[Any, str]:
+    """The saved artifact loaded back (what users run), or the in-memory module if it cannot be saved."""
+    import tempfile
+
+    import ptsq
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="ptsq-coverage-") as d:
+            path = qm.save(Path(d) / f"{e.key.replace(':', '_')}.pt")
+            return ptsq.load(path).module, "artifact"
+    except Exception:  # e.g. a model TorchScript cannot trace: the speed check then had nothing to time either
+        return qm.module, "in-memory module (the artifact could not be saved)"
+
+
 def run_one(e: Entry) -> dict[str, Any]:
     import torch
 
@@ -253,6 +270,10 @@ def run_one(e: Entry) -> dict[str, Any]:
             {r.get("reason", "") for r in qm.manifest["precision"] if r["precision"] == "fp32"}
         )[:8]
         rec["notes"] = [n[:300] for n in qm.manifest.get("notes", [])][:10]
+        speed = qm.manifest.get("speed") or {}
+        rec["verdict"] = speed.get("verdict")
+        rec["check_speedup"] = (speed.get("speedup") or {}).get("1")
+        rec["speed_changes"] = speed.get("changes", [])[:4]
         stage = "measure"
         macs = _macs(qm.module, fixed)
         total = macs["int8"] + macs["fp32"]
@@ -267,7 +288,8 @@ def run_one(e: Entry) -> dict[str, Any]:
             rec["sqnr_db"] = round(sqnr_db(torch.cat([a.flatten() for a in r]), torch.cat([b.flatten() for b in t])), 2)
         else:
             rec["sqnr_db"] = None  # e.g. detections: the number of boxes differs
-        fp_ms, q_ms = _latency(model, qm.module, fixed, runs=5, budget_s=5.0)
+        deployed, rec["timed"] = _artifact(qm, e)
+        fp_ms, q_ms = _latency(model, deployed, fixed, runs=5, budget_s=5.0)
         rec.update(fp32_ms=round(fp_ms, 2), int8_ms=round(q_ms, 2), speedup=round(fp_ms / q_ms, 2))
         quantized = rec["int8_share"] > 0 and counts["int8"] > 0
         rec["status"] = "ok" if quantized else "fp32 only"
@@ -348,6 +370,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in ran if r["status"] == "ok"]
     faster = [r for r in ok if (r.get("speedup") or 0) > 1.0]
     shares = [r["int8_share"] for r in ok]
+    # slower here, and quantize did not say so (verdict "faster", or no verdict recorded)
+    unsaid = [r for r in ok if (r.get("speedup") or 0) < 1.0 and r.get("verdict") != "slower"]
     return {
         "models": len(rows),
         "ran": len(ran),
@@ -357,6 +381,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "faster": len(faster),
         "faster_pct": round(100 * len(faster) / len(ran), 1) if ran else 0.0,
         "fp32_only": sum(r["status"] == "fp32 only" for r in ran),
+        "said_slower": sum(r.get("verdict") == "slower" for r in ok),
+        "slower_unsaid": len(unsaid),
+        "slower_unsaid_models": [r["key"] for r in unsaid],
         "median_int8_share": round(statistics.median(shares), 3) if shares else None,
         "median_speedup": round(statistics.median([r["speedup"] for r in ok]), 2) if ok else None,
     }
@@ -367,7 +394,13 @@ def summary_line(s: dict[str, Any]) -> str:
         f"{s['quantized']}/{s['ran']} models quantized end to end with no edits ({s['quantized_pct']}%), "
         f"{s['faster']}/{s['ran']} faster in int8 at 1 thread ({s['faster_pct']}%), "
         f"{s['fp32_only']} ran entirely in fp32 (counted as not quantized); "
-        f"median int8 compute share {s['median_int8_share']}, median speed-up {s['median_speedup']}x"
+        + (
+            f"quantize said 'slower' for {s['said_slower']}, and {s['slower_unsaid']} were slower here without "
+            "quantize saying so; "
+            if "slower_unsaid" in s
+            else ""
+        )
+        + f"median int8 compute share {s['median_int8_share']}, median speed-up {s['median_speedup']}x"
         + (f"; {s['not_run']} not run (size or time budget; listed with the reason)" if s["not_run"] else "")
     )
 

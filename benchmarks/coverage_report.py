@@ -42,14 +42,16 @@ def render(data: dict[str, Any], out: Path) -> Path:
         "*int8 share* is the fraction of conv/linear multiply-accumulates "
         "that run in int8 in the converted model (attention matmuls and other functional ops are not "
         "counted); a model with no int8 compute counts as NOT quantized. Latency: batch 1, 1 thread, fp32 and "
-        "int8 (the converted module in eager mode, not the frozen TorchScript artifact) interleaved, medians of a "
-        "few runs on a heavily shared machine (ratios are what matters). SQNR: int8 vs "
+        "int8 (the saved artifact loaded back) interleaved, medians of a few runs on a heavily shared machine "
+        "(ratios are what matters), measured by the suite itself; *verdict* is what quantize's own speed check "
+        "said (`summary()['speed']['verdict']`: minimum CPU times, see docs/reliability.md). SQNR: int8 vs "
         "fp32 outputs on one fixed random input (random weights: a floor, not an accuracy figure). "
         "Detection models run with a small internal resize (`min_size=max_size=160`); with random weights they "
         "often return no boxes, so their SQNR is blank.",
         "",
-        "| model | task | input | params (M) | GMACs | status | int8 share | fp32 ms | int8 ms | speed-up | SQNR dB |",
-        "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| model | task | input | params (M) | GMACs | status | int8 share | fp32 ms | int8 ms | speed-up | verdict "
+        "| SQNR dB |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         if r.get("task") == "detection" and r.get("sqnr_db") == float("inf"):
@@ -59,7 +61,7 @@ def render(data: dict[str, Any], out: Path) -> Path:
             f"| {r['key']} | {r.get('task', '')} | {inp} | {_fmt(r.get('params_m'))} | {_fmt(r.get('gmacs'))} "
             f"| {r['status']} | {_fmt(r.get('int8_share'), '.0%') if r.get('int8_share') is not None else '–'} "
             f"| {_fmt(r.get('fp32_ms'))} | {_fmt(r.get('int8_ms'))} | {_fmt(r.get('speedup'))} "
-            f"| {_fmt(r.get('sqnr_db'))} |"
+            f"| {r.get('verdict') or '–'} | {_fmt(r.get('sqnr_db'))} |"
         )
     bad = [r for r in rows if r["status"] != "ok"]
     lines += ["", "## Not quantized, slower in int8, or not run", ""]
@@ -70,7 +72,9 @@ def render(data: dict[str, Any], out: Path) -> Path:
         lines.append(f"- **{r['key']}** — {r['status']}{stage}: {_esc(r.get('reason', ''))}")
     for r in rows:
         if r["status"] == "ok" and (r.get("speedup") or 0) <= 1.0:
-            lines.append(f"- **{r['key']}** — quantized but not faster at 1 thread (speed-up {r.get('speedup')}x)")
+            said = "quantize said so" if r.get("verdict") == "slower" else "quantize did NOT say so"
+            lines.append(f"- **{r['key']}** — quantized but not faster at 1 thread (speed-up {r.get('speedup')}x; "
+                         f"{said}, its check: {r.get('check_speedup')}x)")  # fmt: skip
     partial = [r for r in rows if r["status"] == "ok" and r.get("layers", {}).get("fp32")]
     if partial:
         lines += ["", "## Layers kept in fp32 (why)", ""]
