@@ -72,7 +72,7 @@ def child(folder: str, n: int) -> None:
     images = CalibrationImages(folder, pre, num=n, batch_size=BATCH, seed=0)
     # warm-up on two random batches: lazy imports inside torch.fx / torch.ao happen before the reset below
     warm = [torch.randn(2, 3, 224, 224) for _ in range(2)]
-    ptsq.quantize(model, warm, config=ptsq.QuantConfig(speed_guard=0, check_batches=0), progress=False)
+    ptsq.quantize(model, warm, config=ptsq.QuantConfig(speed_guard=0, speed={"check": False}), progress=False)
 
     base = _status_kb("VmRSS")
     reset = False

@@ -256,6 +256,8 @@ def describe_args(args: tuple[Any, ...]) -> str:
         f"{tuple(a.shape)} {str(a.dtype).replace('torch.', '')}" if isinstance(a, torch.Tensor) else type(a).__name__
         for a in args
     )
+
+
 AUTO_CHECK_SAMPLES = 32  # held back by default: fewer give agreement figures too coarse to judge by
 AUTO_CHECK_FRACTION = 8  # ... or an eighth of a larger calibration set
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.cli.conftest import assert_clean_error, run_cli, spec
 
-COMMON = ("--input-size", "32", "--num-calib", "16", "--batch-size", "4", "--speed-guard", "0")
+COMMON = ("--preset", "imagenet", "--input-size", "32", "--num-calib", "16", "--batch-size", "4", "--speed-guard", "0")
 
 
 class Page(HTMLParser):

@@ -21,7 +21,7 @@ from ptsq.config import Pt2eOptions, QuantConfig
 from ptsq.fidelity import flatten_outputs, sqnr_db
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-EXACT = QuantConfig(speed_guard=0)
+EXACT = QuantConfig(speed_guard=0, speed={"check": False})  # capture and fidelity here; speed has its own tests
 
 
 def _quantize_save_reload(model: nn.Module, calib: list, tmp_path, config: QuantConfig = EXACT):  # type: ignore[no-untyped-def]

@@ -21,7 +21,7 @@ def test_quantconfig_round_trip():
 
 @pytest.mark.parametrize(
     "bad",
-    [{"engine": "tensorrt"}, {"mode": "int4"}, {"cleanup": ("fold-everything",)}, {"check_batches": -1},
+    [{"engine": "tensorrt"}, {"mode": "int4"}, {"cleanup": ("fold-everything",)}, {"check_samples": -1},
      {"type": "Other"}, {"version": 99}, {"nonsense": 1}, {"skip": ["regex:("]}],
 )  # fmt: skip
 def test_quantconfig_rejects_bad_values(bad):

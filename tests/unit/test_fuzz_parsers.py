@@ -74,7 +74,7 @@ def test_skip_rule_parse(text: str) -> None:
 
 
 _CONFIG_KEYS = [
-    "engine", "mode", "backend", "per_channel", "skip", "strict", "check_batches", "warn_sqnr_db", "warn_agreement",
+    "engine", "mode", "backend", "per_channel", "skip", "strict", "check_samples", "warn_sqnr_db", "warn_agreement",
     "freeze", "speed_guard", "cleanup", "seed", "fx", "onnx", "openvino", "pt2e", "auto", "calibration", "dynamic",
     "qat", "type", "version",
 ]  # fmt: skip

@@ -49,7 +49,8 @@ def calibration_source(
         return source, pre if pre is not None and shape == tuple(pre.input_shape()[1:]) else None
     if pre is None:  # never a silent default (ImageNet's): the caller says how pixels become inputs
         raise ConfigError(
-            f"decoding the images in '{path}' needs their preprocessing", "pass --preset and --input-size (API: preprocess=)"
+            f"decoding the images in '{path}' needs their preprocessing",
+            "pass --preset and --input-size (API: preprocess=)",
         )
     images = CalibrationImages(
         path, pre, num=num or cal.num, batch_size=cal.batch_size, seed=config.seed, max_images=max_images
