@@ -260,6 +260,7 @@ def describe_args(args: tuple[Any, ...]) -> str:
 
 AUTO_CHECK_SAMPLES = 32  # held back by default: fewer give agreement figures too coarse to judge by
 AUTO_CHECK_FRACTION = 8  # ... or an eighth of a larger calibration set
+MAX_CHECK_FRACTION = 4  # but never more than a quarter: calibration keeps at least three quarters of the data
 
 
 def slice_batch(args: tuple[Any, ...], start: int, stop: int) -> tuple[Any, ...]:
@@ -285,11 +286,11 @@ def _sliceable(args: tuple[Any, ...]) -> bool:
 
 
 def check_target(requested: int, total: int | None) -> int:
-    """How many samples to hold back: ``requested``, or (0) 32 or an eighth of a larger set, at most half."""
+    """How many samples to hold back: ``requested``, or (0) 32 or an eighth of a larger set, at most a quarter."""
     if requested > 0:
         return requested
     target = max(AUTO_CHECK_SAMPLES, (total or 0) // AUTO_CHECK_FRACTION)
-    return min(target, total // 2) if total is not None else target
+    return min(target, total // MAX_CHECK_FRACTION) if total is not None else target
 
 
 class CalibrationStream:
@@ -298,7 +299,8 @@ class CalibrationStream:
     Samples are held back, not batches: the held-back set is the last ``hold_samples`` samples of the
     stream (a batch is cut in two where needed), never the leftovers of a short last batch. 0 holds
     back 32 samples, or an eighth of the data when the total is known and that is more, and never more
-    than half of it. An explicit count larger than the data is an error.
+    than a quarter of it (so 128 samples or more give the self-check the 32 a verdict needs). An explicit
+    count larger than the data is an error.
     """
 
     def __init__(
@@ -391,9 +393,9 @@ class CalibrationStream:
         total = self.calibrated_samples + in_window
         if self.requested and self.requested >= total:
             raise _too_many(self.requested, total)
-        hold = self.target if self.requested else min(self.target, total // 2)
+        hold = self.target if self.requested else min(self.target, total // MAX_CHECK_FRACTION)
         self.held = []
-        if hold <= 0:  # one sample: calibrate on it and check on it too
+        if hold <= 0:  # too few samples to spare any: calibrate on them and check on them too
             for args in window:
                 self._feed(fn, args)
             self.held = list(window)

@@ -47,13 +47,13 @@ class _Terminal(io.StringIO):
 def test_headline_is_the_self_checks_figure_and_progress_is_shown(monkeypatch):
     torch.manual_seed(0)
     model = LongNames().eval()
-    # 16 samples: the self-check holds back half of them (8), the most it takes from short data
+    # 16 samples: the self-check holds back a quarter of them (4), the most it takes from short data
     qm = ptsq.quantize(model, _batches(), config=CFG, progress=False)
     term = _Terminal()
     monkeypatch.setattr(sys, "stderr", term)
     rep = analyze(model, _batches(), config=CFG, progress=True)
     monkeypatch.undo()
-    assert rep.samples == qm.fidelity["samples"] == 8
+    assert rep.samples == qm.fidelity["samples"] == 4
     assert rep.baseline_sqnr_db == qm.fidelity["sqnr_db"]
     shown = term.getvalue()
     n = len(rep.layers)

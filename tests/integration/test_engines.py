@@ -37,8 +37,8 @@ def _config(engine: str, **options) -> QuantConfig:
 
 @pytest.fixture(scope="module")
 def small():
-    torch.manual_seed(0)  # 64 samples: the self-check holds back the 32 a verdict needs
-    return randomize_bn(SmallNet()), _batches((8, 3, 32, 32), n=8)
+    torch.manual_seed(0)  # 128 samples: the self-check holds back the 32 a verdict needs
+    return randomize_bn(SmallNet()), _batches((8, 3, 32, 32), n=16)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ pytest.importorskip("nncf", reason="the openvino engine needs nncf (pip install 
 @pytest.fixture(scope="module")
 def small():
     torch.manual_seed(0)
-    return randomize_bn(SmallNet()).eval(), _batches((8, 3, 32, 32), n=8)  # 32 held back: enough for a verdict
+    return randomize_bn(SmallNet()).eval(), _batches((8, 3, 32, 32), n=16)  # 32 held back: a verdict
 
 
 def test_openvino_quantizes_saves_and_reloads_in_a_fresh_process(small, tmp_path):

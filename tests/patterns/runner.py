@@ -6,7 +6,7 @@
   then save, reload in this process, and compare the reloaded artifact with the in-memory int8 model.
 
 Both calibrate on the same batches (all but the last two) and are compared with fp32 on the last two
-(what ``ptsq.quantize`` holds back for its self-check with eight batches). SQNR is over every output
+(ptsq is told to hold back exactly their samples for its self-check, ``check_samples``). SQNR is over every output
 tensor of every check batch, concatenated.
 """
 
@@ -115,10 +115,13 @@ def run_plain(model: nn.Module, calib: list[Any], check: list[Any], ref: list[An
 
 def run_ptsq(p: Pattern, model: nn.Module, data: list[Any], check: list[Any], ref: list[Any]) -> dict[str, Any]:
     import ptsq
+    from ptsq.calibration import as_args, batch_size
     from ptsq.config import QuantConfig
 
-    # the corpus compares fidelity with the plain recipe: the whole-model speed check (tested on its own) is off
-    config = QuantConfig(speed_guard=1.5 if p.speed_guard else 0, speed={"check": False})
+    # the corpus compares fidelity with the plain recipe on the same calibration batches: ptsq holds back
+    # exactly the check batches; the whole-model speed check (tested on its own) is off
+    held = sum(batch_size(as_args(b, model)) for b in check)
+    config = QuantConfig(speed_guard=1.5 if p.speed_guard else 0, speed={"check": False}, check_samples=held)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -25,15 +25,15 @@ def _stream_split(sizes, **kw):
 
 
 def test_samples_are_held_back_by_count_never_the_leftovers_of_the_last_batch():
-    calibrated, held, stream = _stream_split([32, 32, 32, 4])
-    assert len(held) == 32 and len(calibrated) == 68  # 100 samples: 32 held back (an eighth would be 12)
+    calibrated, held, stream = _stream_split([32, 32, 32, 32, 4])
+    assert len(held) == 32 and len(calibrated) == 100  # 132 samples: 32 held back (an eighth would be 16)
     # the last 32 samples: the 4 leftovers and 28 of the batch before them, which was cut in two
-    assert held[:, 0].tolist() == [2.0] * 28 + [3.0] * 4 and not stream.in_sample_check
+    assert held[:, 0].tolist() == [3.0] * 28 + [4.0] * 4 and not stream.in_sample_check
 
     _, held, _ = _stream_split([64] * 10)  # 640 samples: an eighth (80) is more than 32
     assert len(held) == 80
-    _, held, _ = _stream_split([8] * 5)  # 40 samples: never more than half held back
-    assert len(held) == 20
+    _, held, _ = _stream_split([8] * 5)  # 40 samples: never more than a quarter held back
+    assert len(held) == 10
     _, held, _ = _stream_split([8] * 4, hold_samples=10)  # an explicit count is taken as asked
     assert len(held) == 10
 
@@ -87,12 +87,12 @@ def test_the_self_check_refuses_a_verdict_on_too_few_samples():
     torch.manual_seed(0)
     model = randomize_bn(SmallNet())
     g = torch.Generator().manual_seed(1)
-    few = [torch.randn(8, 3, 32, 32, generator=g) for _ in range(5)]  # 40 samples: 20 held back
+    few = [torch.randn(8, 3, 32, 32, generator=g) for _ in range(5)]  # 40 samples: a quarter (10) held back
     qm, warned = _quantize(model, few)
     c = qm.fidelity
-    assert c["samples"] == 20 and c["passed"] is None and c["verdict"] == "too few samples"
+    assert c["samples"] == 10 and c["passed"] is None and c["verdict"] == "too few samples"
     assert c["top1_agreement"] is not None  # the figures are still shown, just not judged
-    assert any("on only 20 held-back" in w and "needs 32" in w for w in warned), warned
+    assert any("on only 10 held-back" in w and "needs 32" in w for w in warned), warned
 
     enough = few + [torch.randn(8, 3, 32, 32, generator=g) for _ in range(5)]  # 80 samples: 40 held back
     qm, warned = _quantize(model, enough, check_samples=40)
@@ -104,7 +104,7 @@ def test_probability_outputs_get_decision_metrics_not_top1():
     torch.manual_seed(0)
     model = FrameProbabilities().eval()
     g = torch.Generator().manual_seed(2)
-    qm, _ = _quantize(model, [torch.randn(16, 8, 40, generator=g) for _ in range(6)])
+    qm, _ = _quantize(model, [torch.randn(16, 8, 40, generator=g) for _ in range(8)])  # 128: 32 held back
     c = qm.fidelity
     assert c["output"] == "probabilities" and c["top1_agreement"] is None and c["kl"] is None
     assert c["compared"] == c["samples"] * 40 and 0.5 < c["decision_agreement"] <= 1.0

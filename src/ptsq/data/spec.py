@@ -148,6 +148,12 @@ def choose(
         base = Preprocess(size=overrides["size"], mean=overrides["mean"], std=overrides["std"], scale=float(scale),
                           crop_pct=1.0)  # fmt: skip
         return Chosen(base.with_overrides(channels=overrides["channels"], crop_pct=crop), ", ".join(flags))
+    if needed and size_only:  # random example inputs: only their shape is missing, and it may not be an image's
+        raise ConfigError(
+            "the model has no example_inputs() and no inputs were given to take an example from",
+            "pass --calib inputs.pt (torch.save of its input tensors), --calib sentences.txt --tokenizer DIR for "
+            "text, --input-size for an image model, or give the model an example_inputs() method",
+        )
     if needed:
         raise ConfigError("the model carries no input spec (size, mean/std) and no preprocessing was given", FLAGS_HINT)
     return Chosen(None, "no preprocessing: the inputs are tensors")

@@ -31,7 +31,7 @@ from torch import nn
 
 from ptsq.config import QuantConfig
 from ptsq.engines.base import EngineResult, LayerTiming
-from ptsq.errors import ConfigError, InputShapeError, SpeedWarning, first_line
+from ptsq.errors import ConfigError, InputShapeError, PtsqError, SpeedWarning, first_line
 from ptsq.machine import load_per_core, usable_cores
 from ptsq.progress import task
 
@@ -177,9 +177,18 @@ def check_speed(
             update(count)
 
         for rnd in range(opts.rounds + 1):
-            deployed = _reload(engine, result, example, Path(d), rnd)
+            try:
+                deployed = _reload(engine, result, example, Path(d), rnd)
+            except PtsqError as exc:  # saving will say so again, where the artifact is written
+                report["why"] = f"the artifact cannot be saved, so it cannot be timed: {exc.message}"
+                deployed = None
             if deployed is None:
-                report["why"] = f"the {engine.name} engine has no deployable form to time (see its options)"
+                report.setdefault("why", f"the {engine.name} engine has no deployable form to time (see its options)")
+                if rnd:  # a later round broke saving: back to the last state that saved
+                    result.module, result.precision, result.notes = before[1]  # type: ignore[index]
+                    report["changes"].append(f"round {rnd}: its changes could not be saved; undone")
+                    report.pop("why")
+                    break
                 return report
             pairs = [time_pair(fp32, deployed, example, t, opts.runs, tick) for t in opts.threads]
             worst = min(pairs, key=lambda p: p.speedup)
