@@ -47,6 +47,16 @@ def info_cmd(
     out.result(data, render)
 
 
+def _speed(s: dict[str, Any] | None) -> str:
+    """The speed check's verdict and figures (artifacts from before it have none)."""
+    if not s:
+        return "-"
+    if s.get("verdict") == "not checked":
+        return "not checked" + (f" ({s['why']})" if s.get("why") else "")
+    pairs = "; ".join(f"{p['speedup']:.2f}x at {p['threads']} thread(s)" for p in s.get("pairs", []))
+    return f"{s.get('verdict')}: int8 vs {s.get('fp32', 'fp32')}, {pairs}"
+
+
 def render(console: Console, m: dict[str, Any]) -> None:
     from ptsq.manifest_file import plain_loader, runtime_of
 
@@ -75,6 +85,7 @@ def render(console: Console, m: dict[str, Any]) -> None:
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in chk.items() if k != "culprits"
             ),
         ),
+        ("speed", _speed(m.get("speed"))),
         ("layers", f"{counts['int8']} int8, {counts['fp32']} fp32"),
         ("source weights", str(m.get("source_weights_sha256", ""))[:16] + "…"),
     ]
