@@ -10,6 +10,7 @@ one (:mod:`ptsq.select`); every engine sees the same batches.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -130,10 +131,65 @@ def quantize(
             if cluster is None
             else _trials_on(cluster, names, (model, batches, config, {**kw, "progress": False}), example, progress)
         )
-        return select.choose(
+        qm = select.choose(
             names, run, fp32=model, example=example, config=config,
             criterion=select.DYNAMIC if dynamic else select.STATIC, progress=progress, say=log,
         )  # fmt: skip
+    if cluster is not None:
+        qm = _speed_here(qm, model, batches, config, kw, example, log or (lambda _m: None))
+    # the trials' warnings were held back (a poor engine is a row in the table); the chosen one's are said
+    from ptsq.modes.check import warn_if_poor
+    from ptsq.modes.speed import warn_if_slower
+
+    warn_if_poor(qm.manifest.get("check") or {})
+    warn_if_slower(qm.manifest.get("speed") or {})
+    return qm
+
+
+def _speed_here(
+    qm: QuantizedModel,
+    model: nn.Module,
+    batches: Any,
+    config: QuantConfig,
+    kw: dict[str, Any],
+    example: tuple[Any, ...],
+    say: Callable[[str], None],
+) -> QuantizedModel:
+    """The chosen artifact's whole-model speed check, as one process makes it.
+
+    On Ray every engine's speed check ran in a worker, beside the other trials. The chosen artifact is
+    timed against fp32 again here, alone, with the same function and at ``speed.threads``; those figures
+    are the ones reported. Where the verdict differs from the worker's (the worker was timed under its
+    siblings' load, and its hooks may have moved layers for it), the chosen engine is quantized again in
+    this process, exactly as without Ray, and that result is returned.
+    """
+    from ptsq.modes.speed import settle, time_pair
+
+    speed = qm.manifest.get("speed") or {}
+    if not config.speed.check or speed.get("verdict") not in ("faster", "slower"):
+        return qm  # switched off, or the worker could not time it (it says why): nothing to confirm
+    pairs = [time_pair(model, qm.result.module, example, t, config.speed.runs).to_dict() for t in config.speed.threads]
+    here = settle(dict(speed), pairs, config.speed.min_speedup)
+    table = qm.manifest["auto"]
+    chosen = table["chosen"]
+    if here["verdict"] == speed["verdict"]:
+        here["where"] = "timed again in the driver process after the engine trials on Ray"
+        qm.manifest["speed"] = here
+        return qm
+    say(f"{chosen}: the speed check in its Ray worker said {speed['verdict']}, here {here['verdict']}; "
+        "quantizing it again in this process")  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # said once, for the result, by the caller
+        local = _run_mode(model, batches, config.replace(engine=chosen), **kw)
+    table = {**table, "requantized_here": f"speed verdict {speed['verdict']} in the worker, {here['verdict']} here"}
+    for row in table["engines"]:
+        if row["engine"] == chosen:
+            counts = local.summary()["layers"]
+            row.update(sqnr_db=round(local.manifest["check"]["sqnr_db"], 2), int8_layers=counts["int8"],
+                       fp32_layers=counts["fp32"])  # fmt: skip
+    local.manifest["auto"] = table
+    local.stats["auto"] = table
+    return local
 
 
 def engine_trial(ctx: tuple[nn.Module, Any, QuantConfig, dict[str, Any]], name: str) -> tuple[str, bytes, dict]:

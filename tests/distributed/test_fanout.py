@@ -90,11 +90,43 @@ def test_engine_auto_trials_on_ray_same_table(ray_cluster, tmp_path):
                 for r in qm.manifest["auto"]["engines"]]  # fmt: skip
 
     assert table(many) == table(one) and len(table(one)) == 2
+    # every engine judged on the same held-back samples as in one process
+    assert many.manifest["check"]["samples"] == one.manifest["check"]["samples"] > 0
+    assert many.manifest["calibration"]["held_back_samples"] == one.manifest["calibration"]["held_back_samples"]
+    # the chosen artifact's speed figures are the driver's own, measured after the trials
+    speed = many.manifest["speed"]
+    assert speed["verdict"] in ("faster", "slower"), speed
+    assert "driver" in speed.get("where", "") or "requantized_here" in many.manifest["auto"], speed
     chosen = many.manifest["auto"]["chosen"]
     saved = ptsq.load(many.save(tmp_path / "auto.bin"))  # rebuilt from the worker's artifact, saved again
     assert saved.manifest["auto"]["chosen"] == chosen and saved.manifest["engine"] == chosen
     x = calib[0]
     assert torch.equal(torch.as_tensor(saved(x)).float(), torch.as_tensor(many(x)).float())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.backends.quantized.engine not in ("x86", "fbgemm"), reason="fbgemm's slow kernel")
+def test_auto_on_ray_gives_the_chosen_artifact_the_speed_check_of_one_process(ray_cluster):
+    """SlowDepthwise's int8 form is slower than fp32 (fbgemm's depthwise kernel); with the speed guard off
+    nothing may move it, so the verdict must be 'slower' and said, measured in the driver, as in one process."""
+    import warnings
+
+    import ptsq
+    from ptsq.errors import SpeedWarning
+    from tests.models import SlowDepthwise
+
+    torch.manual_seed(0)
+    model = SlowDepthwise().eval()
+    g = torch.Generator().manual_seed(0)
+    calib = [torch.randn(8, 3, 63, 63, generator=g) for _ in range(2)]
+    cfg = ptsq.QuantConfig(engine="auto", speed_guard=0).replace(**{"auto.engines": ("fx",)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        qm = ptsq.quantize(model, calib, cfg, progress=False, ray=ray_cluster, workers=1)
+    speed = qm.summary()["speed"]
+    assert speed["verdict"] == "slower" and speed["speedup"]["1"] < 1.0, speed
+    assert "driver" in speed["where"] and speed["pairs"][0]["threads"] == 1
+    assert [w for w in caught if issubclass(w.category, SpeedWarning)]
 
 
 def test_quantize_ray_needs_something_to_spread():

@@ -131,3 +131,19 @@ def test_the_whole_model_check_moves_a_layer_whose_cached_verdict_it_contradicts
     assert qm.precision["dw"]["precision"] == "fp32" and "inside the model" in qm.precision["dw"]["reason"]
     entry = json.loads((tmp_path / fx_speed.STORE).read_text())[machine][key]
     assert entry["ratio"] > 10 and "in context" in entry["method"] and entry["contradicted"]["ratio"] == 0.9
+
+
+@x86
+@pytest.mark.slow
+def test_engine_auto_says_the_chosen_engines_speed_verdict():
+    """The trials' warnings are held back (a poor engine is a row in the table); the chosen one's are not."""
+    torch.manual_seed(0)
+    model = SlowDepthwise().eval()
+    cfg = QuantConfig(engine="auto", speed_guard=0, speed={"runs": 5}).replace(
+        **{"auto.engines": ("fx",), "auto.runs": 5}
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        qm = ptsq.quantize(model, _batches((8, 3, 63, 63), 1), cfg, progress=False)
+    assert qm.summary()["speed"]["verdict"] == "slower" and qm.manifest["auto"]["chosen"] == "fx"
+    assert [w for w in caught if issubclass(w.category, SpeedWarning)]

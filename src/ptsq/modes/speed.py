@@ -216,9 +216,15 @@ def check_speed(
             report["changes"].append(change)
             result.notes.append(f"speed check: {change}")
             report["changes"] += engine.fix_layout(result, example, worst.threads)
-    final = report.get("pairs", [])
-    report["speedup"] = {str(p["threads"]): p["speedup"] for p in final}
-    ok = bool(final) and all(p["speedup"] >= opts.min_speedup for p in final)
+    return settle(report, report.get("pairs", []), opts.min_speedup)
+
+
+def settle(report: dict[str, Any], pairs: list[dict[str, Any]], min_speedup: float) -> dict[str, Any]:
+    """``report`` with the final ``pairs`` (as :meth:`Pair.to_dict`), their speed-up per thread count and the
+    verdict: ``faster`` when every thread count reaches ``min_speedup``, else ``slower``."""
+    report["pairs"] = pairs
+    report["speedup"] = {str(p["threads"]): p["speedup"] for p in pairs}
+    ok = bool(pairs) and all(p["speedup"] >= min_speedup for p in pairs)
     report["verdict"] = "faster" if ok else "slower"
     return report
 
@@ -246,4 +252,6 @@ def warn_if_slower(report: dict[str, Any]) -> None:
     )
 
 
-__all__ = ["FP32_REFERENCE", "Pair", "check_speed", "check_threads", "speed_line", "time_pair", "warn_if_slower"]
+__all__ = [
+    "FP32_REFERENCE", "Pair", "check_speed", "check_threads", "settle", "speed_line", "time_pair", "warn_if_slower",
+]  # fmt: skip
