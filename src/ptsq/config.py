@@ -360,7 +360,7 @@ class QuantConfig:
     skip: tuple[SkipRule, ...] = option((), "layers kept fp32: name:PREFIX, regex:RE, type:CLASS")
     strict: bool = option(False, "fail on untraceable submodules instead of keeping them fp32")
     check_samples: int = option(
-        0, "samples held back from calibration for the self-check (0: 32, or an eighth of the data if more)"
+        0, "samples held back from calibration for the self-check (0: 32 or an eighth, at most a quarter of the data)"
     )
     check_output: Literal["auto", "scores", "probabilities", "values"] = option(
         "auto", "what the output is, for the self-check's metrics (docs/accuracy.md); auto: from its values"

@@ -126,7 +126,7 @@ def quantize_cmd(
         int,
         typer.Option(
             "--check-samples",
-            help="Samples held back from calibration for the self-check (0: 32, or an eighth of a larger set).",
+            help="Samples held back from calibration for the self-check (0: 32 or an eighth, at most a quarter).",
         ),
     ] = 0,
     mode: Annotated[
