@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ptsq.distributed.cluster import Cluster
+from ptsq.distributed.heap import keep_heap
 from ptsq.distributed.pickling import dumps, loads
 from ptsq.errors import ClusterError, ModelLoadError, PtsqError, first_line
 
@@ -41,6 +42,7 @@ class MapWorker:
     def __init__(self, threads: int, engine: str) -> None:
         import torch
 
+        keep_heap()  # else a fresh worker re-faults its activation buffers on every batch (see heap)
         torch.set_num_threads(threads)
         if engine in torch.backends.quantized.supported_engines:
             torch.backends.quantized.engine = engine  # int8 modules run the driver's kernels

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ptsq.distributed.cluster import Cluster, deferred_interrupts
+from ptsq.distributed.heap import keep_heap
 from ptsq.distributed.pickling import dumps, loads
 from ptsq.errors import PtsqError, first_line
 from ptsq.progress import task
@@ -49,6 +50,7 @@ def _call(fn: Callable[..., Any], shared: list[Any], args: tuple[Any, ...], thre
     """Runs in the worker: threads and int8 kernels as the driver's, ``shared`` fetched once per process."""
     import torch
 
+    keep_heap()  # a fresh worker would re-fault its buffers on every forward pass (see ptsq.distributed.heap)
     torch.set_num_threads(threads)
     if engine in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = engine
