@@ -243,7 +243,7 @@ def run_one(e: Entry) -> dict[str, Any]:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     rec: dict[str, Any] = {"key": e.key, "family": e.family, "task": e.task}
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     stage = "build"
     try:
         model = _build(e).eval()
@@ -299,6 +299,7 @@ def run_one(e: Entry) -> dict[str, Any]:
         rec.update(status="failed", stage=stage, reason=f"{type(exc).__name__}: {first_line(exc)}"[:400])
         rec["trace_tail"] = traceback.format_exc().splitlines()[-4:]
     rec["seconds"] = round(time.perf_counter() - t0, 1)
+    rec["cpu_s"] = round(time.process_time() - cpu0, 1)  # this process's CPU: wall over CPU is the machine's load
     return rec
 
 
@@ -329,8 +330,10 @@ def run_on_ray(todo: list[Entry], args: Any, record: Any) -> None:
                                         "stage": "?", "reason": out.error}  # fmt: skip
         record(e, rec)
 
+    t0 = time.perf_counter()
     with Cluster(args.ray, args.workers, ship=[HERE]) as cluster:  # workers import this package
-        print(f"ray: {cluster.describe()}, {cluster.slots()} model(s) at once", file=sys.stderr, flush=True)
+        print(f"ray: {cluster.describe()} (connected in {time.perf_counter() - t0:.1f} s), {cluster.slots()} model(s)"
+              " at once", file=sys.stderr, flush=True)  # fmt: skip
         jobs = [(e.key, (e, args.speed_guard)) for e in todo]
         fan_out(run_entry, jobs, cluster, timeout=args.timeout, retries=1, on_result=done)
 

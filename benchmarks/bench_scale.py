@@ -39,7 +39,7 @@ from benchmarks._results import write_section
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-TIMING_KEYS = ("fp32_ms", "int8_ms", "speedup", "seconds", "quantize_s")  # coverage fields that are timings
+TIMING_KEYS = ("fp32_ms", "int8_ms", "speedup", "seconds", "quantize_s", "cpu_s")  # coverage fields that are timings
 
 
 def _log(msg: str) -> None:
