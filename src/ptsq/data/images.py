@@ -93,8 +93,9 @@ def find_images(root: str | Path, *, max_images: int | None = None, what: str = 
             f"no image files in {what} '{root}' (looked for {', '.join(IMAGE_EXTENSIONS)}; {detail})",
             "put images in the folder (subfolders are searched too) or convert them to one of those formats",
         )
-    # Sorting on path parts keeps each folder's files together and the order reproducible.
-    found.sort(key=lambda p: p.relative_to(root).parts)
+    # Sorting on path parts keeps each folder's files together and the order reproducible (every path
+    # starts with root's parts, so whole parts sort as relative ones would, without a Path per file).
+    found.sort(key=lambda p: p.parts)
     return found
 
 
