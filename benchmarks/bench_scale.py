@@ -131,29 +131,37 @@ def _kind(cmdline: str, name: str) -> str:
     return "ray daemons"  # gcs_server, raylet, Ray's monitors and agents
 
 
-def cpu_by_kind() -> dict[str, float]:
-    """CPU seconds so far of this process ("driver") and of the Ray processes it started, by kind.
+def cpu_by_process() -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of this process (kind "driver") and of every Ray process it started, with its kind.
 
-    A wall time on a shared machine says how busy the others were; these say what each side of a run
+    A wall time on a shared machine says how busy the other jobs were; these say what each side of a run
     cost. Processes that have ended are not counted (their CPU cannot be read any more)."""
     import psutil
 
     me = psutil.Process()
     t = me.cpu_times()
-    out = {"driver": t.user + t.system}
+    out = {me.pid: ("driver", t.user + t.system)}
     for p in me.children(recursive=True):
         try:
             t, cmd, name = p.cpu_times(), " ".join(p.cmdline()), p.name()
         except psutil.Error:
             continue
-        k = _kind(cmd, name)
-        out[k] = out.get(k, 0.0) + t.user + t.system
-        out[f"{k}:{p.pid}"] = t.user + t.system
+        out[p.pid] = (_kind(cmd, name), t.user + t.system)
     return out
 
 
-def cpu_spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: v - before.get(k, 0.0) for k, v in after.items()}
+def cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds spent between two snapshots, by kind (a process counts as what it is at the end: an idle
+    worker that became an evaluation actor counts as a worker), plus the busiest worker's."""
+    out: dict[str, float] = {"driver": 0.0, "workers": 0.0, "idle workers": 0.0, "ray daemons": 0.0}
+    busiest = 0.0
+    for pid, (kind, cpu) in after.items():
+        spent = cpu - before.get(pid, (kind, 0.0))[1]
+        out[kind] = out.get(kind, 0.0) + spent
+        if kind == "workers":
+            busiest = max(busiest, spent)
+    out["busiest worker"] = busiest
+    return out
 
 
 # ---------------------------------------------------------------------------------- warm evaluation
@@ -173,16 +181,16 @@ def warm_eval(models: list[Any], data: Path, rounds: int, batch_size: int) -> di
             for label in times:
                 torch.set_num_threads(1)
                 workers = None if label == "one process" else int(label.split(", ")[1][0])
-                c0, t0 = cpu_by_kind(), time.perf_counter()
+                c0, t0 = cpu_by_process(), time.perf_counter()
                 res = ptsq.evaluate(models, data, names=names, batch_size=batch_size,
                                     ray=cluster if workers else None, workers=workers, threads=1)  # fmt: skip
                 seconds = time.perf_counter() - t0
-                spent = cpu_spent(c0, cpu_by_kind())
+                spent = cpu_spent(c0, cpu_by_process())
                 if r:
                     times[label].append(seconds)
                     cpu[label].append(spent)
                 results[label] = res.to_dict()
-                shown = ", ".join(f"{k} {v:.2f}" for k, v in spent.items() if ":" not in k)
+                shown = ", ".join(f"{k} {v:.2f}" for k, v in spent.items())
                 _log(f"round {r}: {label}: {seconds:.1f} s; CPU s: {shown} ({_load()})")
     n = results["one process"]["data"]["images"]
     same = all(v == results["one process"] for v in results.values())
@@ -192,13 +200,7 @@ def warm_eval(models: list[Any], data: Path, rounds: int, batch_size: int) -> di
 
 def _median_cpu(runs: list[dict[str, float]]) -> dict[str, float]:
     """Per kind, the median over rounds; "busiest worker": the CPU of the worker that did the most."""
-    out = {}
-    for k in ("driver", "workers", "idle workers", "ray daemons"):
-        out[k] = statistics.median(r.get(k, 0.0) for r in runs)
-    out["busiest worker"] = statistics.median(
-        max([v for k, v in r.items() if k.startswith("workers:")], default=0.0) for r in runs
-    )
-    return out
+    return {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]}
 
 
 def cpu_rows(what: str, warm: dict[str, Any]) -> list[list[Any]]:
@@ -297,6 +299,7 @@ def part_coverage(args: Any, work: Path) -> list[list[Any]]:
     (seq_s, seq_rows), (_, ray_rows) = runs.values()
     same = _comparable(seq_rows) == _comparable(ray_rows)
     ok = sum(r["status"] == "ok" for r in seq_rows)
+
     def note(i: int, sec: float, rows: list[dict[str, Any]]) -> str:
         # the models' own CPU (in their processes; start-up and Ray's connection not included): the same
         # on both sides unless the workers do more work, whatever the wall times say about the load
