@@ -122,8 +122,9 @@ def ordered_map(
     on the same cluster (see :func:`actor_pool`).
     """
     ray = cluster.ray
-    box = [ray.put(dumps(ctx))]
+    # actors first: new worker processes start (Python, torch) while this process pickles the context
     actors = actor_pool(cluster, threads, max(1, min(cluster.slots(threads), len(items))))
+    box = [ray.put(dumps(ctx))]
     pending: dict[Any, tuple[int, int]] = {}  # result ref -> (item index, actor index)
     try:
         try:  # load the context everywhere first: a worker that cannot import the model's code fails once, here
