@@ -175,6 +175,7 @@ def warm_eval(models: list[Any], data: Path, rounds: int, batch_size: int) -> di
     names = ["fp32", "int8"]
     times: dict[str, list[float]] = {"one process": [], "ray, 1 worker": [], "ray, 2 workers": []}
     cpu: dict[str, list[dict[str, float]]] = {k: [] for k in times}
+    loads: dict[str, list[float]] = {k: [] for k in times}  # 1-minute load average after each measured run
     results: dict[str, Any] = {}
     with Cluster("auto") as cluster:
         for r in range(rounds + 1):  # round 0 warms up: worker processes start, Python and torch load
@@ -189,13 +190,15 @@ def warm_eval(models: list[Any], data: Path, rounds: int, batch_size: int) -> di
                 if r:
                     times[label].append(seconds)
                     cpu[label].append(spent)
+                    loads[label].append(os.getloadavg()[0])
                 results[label] = res.to_dict()
                 shown = ", ".join(f"{k} {v:.2f}" for k, v in spent.items())
                 _log(f"round {r}: {label}: {seconds:.1f} s; CPU s: {shown} ({_load()})")
     n = results["one process"]["data"]["images"]
     same = all(v == results["one process"] for v in results.values())
     return {"images": n, "seconds": {k: statistics.median(v) for k, v in times.items()}, "same": same,
-            "result": results["one process"], "cpu": {k: _median_cpu(v) for k, v in cpu.items()}}  # fmt: skip
+            "result": results["one process"], "cpu": {k: _median_cpu(v) for k, v in cpu.items()},
+            "load": {k: f"load {min(v):.1f}-{max(v):.1f}" for k, v in loads.items()}}  # fmt: skip
 
 
 def _median_cpu(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -216,7 +219,7 @@ def cpu_rows(what: str, warm: dict[str, Any]) -> list[list[Any]]:
         est[label] = c["driver"] + c["busiest worker"]
         split = f"driver {c['driver']:.2f}, workers {c['workers']:.2f} (busiest {c['busiest worker']:.2f}), " \
                 f"Ray's daemons and idle workers {c['ray daemons'] + c['idle workers']:.2f}"  # fmt: skip
-        rows.append([f"{what}: CPU seconds by process", label, None, None, "", split])
+        rows.append([f"{what}: CPU seconds by process", label, None, None, "", f"{split}; {warm['load'][label]}"])
     base = est["ray, 1 worker"]
     for row, label in zip(rows, est):
         row[-1] += f"; CPU-bound estimate {est[label]:.2f} s"
@@ -239,11 +242,13 @@ def part_eval(args: Any, work: Path) -> list[list[Any]]:
         note = "" if label == "one process" else f"{(sec / base - 1) * 100:+.0f}% time vs one process"
         if label == "ray, 2 workers":
             note = f"{s['ray, 1 worker'] / sec:.2f}x the 1-worker throughput"
+        note = f"{note}; {warm['load'][label]}" if note else warm["load"][label]
         rows.append([f"eval Fashion-MNIST ({n} PNG files), warm instance", label, round(sec, 1), round(n / sec),
                      "yes" if warm["same"] else "NO", note])  # fmt: skip
     # end to end through the CLI: Ray's start-up and shutdown included
     spec = "examples.reference.fashion:fashion_net"
     cli: dict[str, tuple[float, dict[str, Any]]] = {}
+    cli_load: dict[str, str] = {}
     variants = {
         "one process": ("--threads", "1"),
         "ray auto, 1 worker": ("--ray", "auto", "--workers", "1"),
@@ -251,11 +256,12 @@ def part_eval(args: Any, work: Path) -> list[list[Any]]:
     }
     for label, extra in variants.items():
         cli[label] = _cli("eval", spec, art, "--data", data, *extra)
+        cli_load[label] = f"load {os.getloadavg()[0]:.1f}"
         _log(f"cli {label}: {cli[label][0]:.1f} s ({_load()})")
     same_cli = all(v[1] == cli["one process"][1] for v in cli.values())
     for label, (sec, _) in cli.items():
         rows.append([f"ptsq eval (CLI, start-up included), {n} images", label, round(sec, 1), round(n / sec),
-                     "yes" if same_cli else "NO", ""])  # fmt: skip
+                     "yes" if same_cli else "NO", cli_load[label]])  # fmt: skip
     top1 = f"fp32 top-1 {m['fp32']['top1']:.4f}, int8 {m['int8']['top1']:.4f}, agreement "
     top1 += f"{m['int8']['fidelity']['top1_agreement']:.4f}, SQNR {m['int8']['fidelity']['sqnr_db']:.1f} dB"
     rows[0][-1] = (rows[0][-1] + "; " if rows[0][-1] else "") + top1
@@ -286,6 +292,7 @@ def _comparable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def part_coverage(args: Any, work: Path) -> list[list[Any]]:
     limit = 4 if args.quick else args.coverage_models
     runs = {}
+    cov_load: dict[str, str] = {}
     for label, extra in (
         ("one child process at a time", ()),
         ("ray auto, 2 workers", ("--ray", "auto", "--workers", "2")),
@@ -296,21 +303,22 @@ def part_coverage(args: Any, work: Path) -> list[list[Any]]:
                         str(out), *extra], check=True, env=_env(), cwd=ROOT)  # fmt: skip
         runs[label] = (time.perf_counter() - t0, json.loads(out.read_text())["rows"])
         _log(f"coverage {label}: {runs[label][0]:.0f} s ({_load()})")
+        cov_load[label] = f"load {os.getloadavg()[0]:.1f}"
     (seq_s, seq_rows), (_, ray_rows) = runs.values()
     same = _comparable(seq_rows) == _comparable(ray_rows)
     ok = sum(r["status"] == "ok" for r in seq_rows)
 
-    def note(i: int, sec: float, rows: list[dict[str, Any]]) -> str:
+    def note(i: int, label: str, sec: float, rows: list[dict[str, Any]]) -> str:
         # the models' own CPU (in their processes; start-up and Ray's connection not included): the same
         # on both sides unless the workers do more work, whatever the wall times say about the load
         cpu = sum(r.get("cpu_s", 0.0) for r in rows)
         jobs = sum(r.get("seconds", 0.0) for r in rows)
-        text = f"models' CPU {cpu:.0f} s over {jobs:.0f} s of their wall time"
+        text = f"models' CPU {cpu:.0f} s over {jobs:.0f} s of their wall time; {cov_load[label]}"
         return text if i == 0 else f"{seq_s / sec:.2f}x shorter; {text}"
 
     return [
         [f"make coverage, first {limit} models ({ok} quantized)", label, round(sec, 1), None,
-         "yes" if same else "NO", note(i, sec, rows)]
+         "yes" if same else "NO", note(i, label, sec, rows)]
         for i, (label, (sec, rows)) in enumerate(runs.items())
     ]  # fmt: skip
 
@@ -358,8 +366,9 @@ def part_capacity(args: Any, work: Path) -> list[list[Any]]:
         t0 = time.perf_counter()
         pool.map(_spin, [n, n])
         two = time.perf_counter() - t0
+    note = f"{2 * one / two:.2f} cores' worth of throughput (1 process: {one:.1f} s); load {os.getloadavg()[0]:.1f}"
     return [["machine: the same CPU-bound loop in 1 process, then in 2 at once", "2 processes", round(two, 1), None,
-             "", f"{2 * one / two:.2f} cores' worth of throughput (1 process: {one:.1f} s)"]]  # fmt: skip
+             "", note]]  # fmt: skip
 
 
 PARTS = {
