@@ -371,6 +371,16 @@ def part_capacity(args: Any, work: Path) -> list[list[Any]]:
              "", note]]  # fmt: skip
 
 
+CPU_NOTES = [
+    "CPU seconds by process: read from the kernel for this process (the driver) and every Ray process it "
+    "started, before and after each warm run (medians over rounds). The CPU-bound estimate (driver + busiest "
+    "worker) is what the run would take if every process had a core of its own; its 1- vs 2-worker ratio "
+    "holds whatever the load.",
+    "Linux shares the CPU between sessions first (autogroup scheduling), then between a session's processes: "
+    "while another session runs a CPU-bound job, all of this benchmark's processes together get about one "
+    "core, however many workers run and whatever their nice value. The capacity row shows what this run got.",
+]
+
 PARTS = {
     "capacity": part_capacity, "eval": part_eval, "lite0": part_lite0, "coverage": part_coverage,
     "analyze": part_analyze,
@@ -421,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             "and stopping Ray.",
             "'same figures': the JSON of the result (counts, top-1/top-5, agreement, KL, SQNR, cosine; coverage "
             "rows without their timings; analyze's whole report) compared for equality with the one-process run.",
+            *CPU_NOTES,
         ],
     )
     return 0
