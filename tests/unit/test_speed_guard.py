@@ -68,7 +68,9 @@ def test_an_in_context_measurement_replaces_a_contradicted_verdict(cache):
     assert entry["contradicted"]["ratio"] < 40.0 and "isolated" in entry["contradicted"]["method"]
     fx_speed.forget_settled()  # a new process: the file alone now keeps the layer fp32
     slow = fx_speed.slow_layers(model, args, "x86", margin=1.5, threads=(1,))
-    assert list(slow) == ["2"] and "40.0x slower" in slow["2"]
+    # layer 2 is fp32 from the file alone; layer 0 is whatever this machine measures (under load a tiny
+    # 3-channel conv can come out slow in int8 too), but never the in-context record of another layer
+    assert "40.0x slower" in slow["2"] and "40.0x" not in slow.get("0", "")
 
 
 def test_a_verdict_measured_under_load_is_measured_again_when_the_machine_is_quiet(cache, monkeypatch):
