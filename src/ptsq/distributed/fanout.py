@@ -119,6 +119,15 @@ def fan_out(
     todo = list(range(len(jobs)))[::-1]
     done = 0
     with task(description, len(jobs), progress) as update:
+
+        def finish(i: int, out: Outcome) -> None:
+            nonlocal done
+            outcomes[i] = out
+            done += 1
+            update(done)
+            if on_result:
+                on_result(i, out)
+
         try:
             while todo or running:
                 while todo and len(running) < slots:
@@ -136,14 +145,10 @@ def fan_out(
                         if timeout is not None and now - t0 >= timeout:
                             ray.cancel(ref, force=True, recursive=True)
                             del running[ref]
-                            outcomes[i] = Outcome(
+                            finish(i, Outcome(
                                 jobs[i][0], False, error=f"timed out after {timeout:g} s", kind="timeout",
                                 seconds=round(now - t0, 2),
-                            )  # fmt: skip
-                            done += 1
-                            update(done)
-                            if on_result:
-                                on_result(i, outcomes[i])  # type: ignore[arg-type]
+                            ))  # fmt: skip
                     continue
                 ref = ready[0]
                 i, t0 = running.pop(ref)
@@ -152,11 +157,7 @@ def fan_out(
                 except Exception as exc:
                     kind, why = describe_failure(exc)
                     out = Outcome(jobs[i][0], False, error=why, kind=kind, seconds=round(now - t0, 2))
-                outcomes[i] = out
-                done += 1
-                update(done)
-                if on_result:
-                    on_result(i, out)
+                finish(i, out)
         finally:
             with deferred_interrupts():
                 for ref in running:  # interrupted or failed: leave nothing running on the cluster
