@@ -131,9 +131,10 @@ def test_installed_wheel_quantizes_and_loads_outside_the_repository(wheel, tmp_p
           "for i in range(8): Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8))"
           ".save(f'photos/p{i}.png')"], user, env)  # fmt: skip
     assert "quantize" in _run([str(bindir / "ptsq"), "--help"], user, env).stdout
+    # a tiny net without an input spec: --preset names its preprocessing, and installing is the point, not speed
     _run([str(bindir / "ptsq"), "quantize", "mynet.py:Net", "--calib", "photos", "--input-size", "32", "--num-calib",
           "8", "--batch-size", "4", "--preset", "imagenet", "--speed-guard", "0", "--allow-slower", "-o", "net.pt",
-          "-q"], user, env)  # fmt: skip  (a tiny net: the test is about installing, not about speed)
+          "-q"], user, env)  # fmt: skip
     assert "fx" in _run([str(bindir / "ptsq"), "info", "net.pt"], user, env).stdout
     out = _run([str(py), "-c", "import torch, ptsq\n"
                 "m = ptsq.load('net.pt')\n"
