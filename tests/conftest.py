@@ -16,6 +16,31 @@ if str(ROOT) not in sys.path:  # tests.models and examples.* import from the rep
 
 torch.set_num_threads(2)
 
+NO_TORCH_AO = "PTSQ_NO_TORCH_AO"
+if "--no-torch-ao" in sys.argv:  # before any conftest or test module imports ptsq (tests/cli/conftest does)
+    os.environ[NO_TORCH_AO] = "1"  # subprocesses (the CLI in a fresh interpreter) inherit it
+if os.environ.get(NO_TORCH_AO, "") not in ("", "0"):
+    from ptsq import legacy
+
+    legacy.install()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--no-torch-ao",
+        action="store_true",
+        help="run as if torch.ao.quantization were gone (same as PTSQ_NO_TORCH_AO=1); tests marked torch_ao skip",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get(NO_TORCH_AO, "") in ("", "0"):
+        return
+    skip = pytest.mark.skip(reason="needs torch.ao.quantization, which --no-torch-ao / PTSQ_NO_TORCH_AO hides")
+    for item in items:
+        if "torch_ao" in item.keywords:
+            item.add_marker(skip)
+
 
 def write_photos(folder: Path, n: int, size: tuple[int, int] = (96, 80), seed: int = 0, ext: str = "jpg") -> list[Path]:
     """Real image files: smooth colour fields with edges and noise, varied per file."""

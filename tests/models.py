@@ -353,3 +353,42 @@ class SpecNet(SmallNet):
     def __init__(self) -> None:
         super().__init__()
         self.input_spec = {"size": [40, 40], "scale": 1.0, "mean": [127.5], "std": [127.5], "crop_pct": 1.0}
+
+
+class ShuffleBlocks(nn.Module):
+    """ShuffleNet-style: channel shuffle (view/transpose/contiguous), chunk, a branch conv and a cat, twice."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.ReLU())
+        self.branch1 = nn.Sequential(nn.Conv2d(c // 2, c // 2, 1), nn.ReLU())
+        self.branch2 = nn.Sequential(nn.Conv2d(c // 2, c // 2, 1), nn.ReLU())
+        self.head = nn.Conv2d(c, 4, 1)
+
+    @staticmethod
+    def shuffle(x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        return x.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for branch in (self.branch1, self.branch2):
+            a, b = self.shuffle(x).chunk(2, dim=1)
+            x = torch.cat([a, branch(b)], dim=1)
+        return self.head(x)
+
+
+class TransposedConv1d(nn.Module):
+    """ConvTranspose1d + BatchNorm + ReLU, then Conv1d + ReLU + Conv1d (a 1-d decoder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose1d(8, 16, 4, stride=2)
+        self.bn = nn.BatchNorm1d(16)
+        self.act = nn.ReLU()
+        self.conv = nn.Conv1d(16, 16, 3)
+        self.act2 = nn.ReLU()
+        self.out = nn.Conv1d(16, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act2(self.conv(self.act(self.bn(self.up(x))))))

@@ -47,11 +47,14 @@ _EXPORTS = {
 _ERRORS = [
     "PtsqError", "ConfigError", "BackendError", "ModelLoadError", "UnsafeFileError", "WeightsMismatchError",
     "DataError", "ImageDecodeError", "InputShapeError", "TraceError", "QuantizationError", "ArtifactError",
-    "OutputPathError", "Interrupted", "ClusterError", "SlowerThanFp32Error",
+    "OutputPathError", "Interrupted", "ClusterError", "SlowerThanFp32Error", "TorchAoUnavailable",
 ]  # fmt: skip
 _EXPORTS.update({name: "ptsq.errors" for name in [*_ERRORS, "QuantizationWarning", "SpeedWarning"]})
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
+
+_legacy = importlib.import_module("ptsq.legacy")
+_legacy.install_if_requested()  # PTSQ_NO_TORCH_AO=1: torch.ao.quantization is gone, as it will be
 
 
 def __getattr__(name: str) -> Any:

@@ -55,8 +55,10 @@ def _run_mode(
     if config.mode == "qat":
         from ptsq.modes.qat import quantize_qat
 
-        if config.engine != "fx":
-            raise ConfigError(f"QAT runs on the fx engine, not {config.engine!r}", "drop --engine (or use --engine fx)")
+        if config.engine not in ("fx", "pt2e"):
+            raise ConfigError(
+                f"QAT runs on the fx or pt2e engine, not {config.engine!r}", "drop --engine (or use --engine fx / pt2e)"
+            )
         return quantize_qat(model, data, config, example_inputs=example_inputs, progress=progress, source=source)
     from ptsq.modes.static import quantize_static
 
@@ -106,7 +108,7 @@ def quantize(
     if config.engine != "auto":
         return _run_mode(model, data, config, **kw)
     if config.mode == "qat":
-        raise ConfigError("QAT runs on the fx engine only", "drop --engine auto (or use --engine fx)")
+        raise ConfigError("QAT runs on one engine at a time", "drop --engine auto (or use --engine fx / pt2e)")
     if isinstance(data, (torch.Tensor, str, bytes)):
         raise DataError(
             f"calibration data must be an iterable of batches, not a single {type(data).__name__}",

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from ptsq.errors import ConfigError
+from ptsq.legacy import default_engine
 
 CONFIG_VERSION = 3
 MODES = ("static", "dynamic", "qat")
@@ -194,6 +195,7 @@ class Pt2eOptions(Options):
     section: ClassVar[str] = "pt2e"
     compile: bool = option(True, "run (and self-check) the inductor-compiled program")
     reduce_range: Literal["auto", "on", "off"] = option("auto", "7-bit activations; auto = on without VNNI")
+    extend: bool = option(True, "ptsq's additions to torchao's recipe: conv1d, int8 data movement")
 
 
 @dataclass(frozen=True)
@@ -353,7 +355,10 @@ SECTIONS: dict[str, type[Options]] = {
 class QuantConfig:
     """How to quantize. Defaults are the ones ptsq recommends; every field is validated."""
 
-    engine: str = option("fx", "fx | pt2e | onnx | openvino | auto (try all, keep the fastest faithful one)")
+    engine: str = field(  # fx while torch.ao.quantization is here, pt2e once it is gone (ptsq.legacy)
+        default_factory=default_engine,
+        metadata={"help": "fx | pt2e | onnx | openvino | auto (try all, keep the fastest faithful one)", "shown": "fx"},
+    )
     mode: Literal["static", "dynamic", "qat"] = option("static", "static PTQ, dynamic int8, or QAT fine-tuning")
     backend: Literal["auto", "x86", "fbgemm", "onednn", "qnnpack"] = option("auto", "quantized CPU kernels")
     per_channel: bool = option(True, "per-channel weights (False: per-tensor)")
@@ -570,7 +575,7 @@ def options_table() -> str:
                 kind = "list"
             else:
                 kind = getattr(hint, "__name__", str(hint))
-            default = f.default
+            default = f.metadata.get("shown", f.default)  # a default_factory's value depends on the machine
             shown = json.dumps(list(default) if isinstance(default, tuple) else default)
             what = f.metadata.get("help", "").replace("|", "\\|")
             lines.append(f"| `{prefix}{f.name}` | {kind} | `{shown}` | {what} |")

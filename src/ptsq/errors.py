@@ -28,6 +28,10 @@ class ConfigError(PtsqError, ValueError):
     """A configuration or option value is invalid."""
 
 
+class TorchAoUnavailable(ConfigError):
+    """A feature needs the deprecated torch.ao.quantization, which this PyTorch lacks (or PTSQ_NO_TORCH_AO hides)."""
+
+
 class BackendError(PtsqError):
     """The requested quantized backend is unknown or unsupported by this PyTorch build."""
 

@@ -82,8 +82,15 @@ class QuantizedModel:
             "speed": m.get("speed"),
             "preprocess": m.get("preprocess"),
             "notes": m.get("notes", []),
+            **self._compile_time(),
             **self.stats,
         }
+
+    def _compile_time(self) -> dict[str, float]:
+        """Seconds the first compile took (engines that compile: PT2E's inductor); kept out of the manifest,
+        whose content must not change with the machine's load."""
+        seconds = getattr(self.module, "compile_seconds", None)
+        return {"compile_seconds": seconds} if seconds else {}
 
 
 class ArtifactModel(nn.Module):

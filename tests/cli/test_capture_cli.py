@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 import ptsq
@@ -12,6 +13,7 @@ from tests.cli.conftest import assert_clean_error, run_cli, spec
 from tests.models import TwoInOut
 
 
+@pytest.mark.torch_ao  # FX keeps untraceable submodules fp32
 def test_untraceable_block_is_reported_and_strict_fails(tmp_path, photo_dir):
     out = tmp_path / "o.pt"
     res = run_cli("quantize", spec("sandwich_assert"), "--calib", photo_dir, "-o", out, "--preset", "imagenet",

@@ -275,8 +275,9 @@ def _full_disk(ctx: Ctx) -> list[object]:
 
 def _interrupt_mid_write(ctx: Ctx) -> list[object]:
     from ptsq.engines import get_engine
+    from ptsq.legacy import default_engine
 
-    engine = type(get_engine("fx"))
+    engine = type(get_engine(default_engine()))  # the engine `ptsq quantize` uses without --engine
     real = engine.save
 
     def save_then_interrupt(self, result, path, text, example_args):  # type: ignore[no-untyped-def]

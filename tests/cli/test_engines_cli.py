@@ -74,7 +74,9 @@ def test_export_failure_suggests_fx(photo_dir, tmp_path):
     res = run_cli("quantize", spec("RootUntraceable"), "--calib", photo_dir, "-o", tmp_path / "x.pt2",
                   "--engine", "pt2e", "--quiet", *COMMON)  # fmt: skip
     assert_clean_error(res, "torch.export cannot capture", "tests/models.py:116")
-    assert "--engine fx" in res.stderr
+    from ptsq import legacy
+
+    assert ("--engine fx" if legacy.available() else "torch.cond") in res.stderr
 
 
 @pytest.mark.slow
@@ -85,9 +87,9 @@ def test_pt2e_engine_quantize_info_bench(model, photo_dir, tmp_path):
     out = tmp_path / "m.pt2"
     data = json.loads(_quantize("pt2e", model, w, photo_dir, out, "--json").stdout)
     assert data["engine"] == "pt2e" and data["check"]["passed"]
-    assert data["check"]["sqnr_db"] > 20.0
+    assert data["check"]["sqnr_db"] > 20.0 and data["compile_seconds"] > 0  # reported, not in the manifest
     info = json.loads(run_cli("info", out, "--json").stdout)
-    assert info["details"]["compile_seconds"] > 0
+    assert "compile_seconds" not in info["details"]
     res = run_cli("bench", spec(model), out, "--runs", "3", "--warmup", "1", "--json")
     assert res.code == 0, res.stderr
     assert [t["kind"] for t in json.loads(res.stdout)["timings"]] == ["fp32", "int8 (pt2e)"]

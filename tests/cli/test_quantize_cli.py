@@ -144,7 +144,8 @@ def test_torchscript_model_is_refused(tmp_path, photo_dir):
 def test_untraceable_model_names_the_line(tmp_path, photo_dir):
     res = run_cli("quantize", spec("RootUntraceable"), "--calib", photo_dir, "-o", tmp_path / "o.pt",
                   "--preset", "imagenet", "--input-size", "16", "--num-calib", "4", "--strict", "--quiet")  # fmt: skip
-    assert_clean_error(res, "cannot trace", "y.sum() > 0", "models.py")
+    assert_clean_error(res, "y.sum() > 0", "models.py")
+    assert "cannot trace" in res.stderr or "cannot capture" in res.stderr  # FX, or PT2E where torch.ao is gone
     assert not (tmp_path / "o.pt").exists()
 
 

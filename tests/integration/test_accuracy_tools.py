@@ -35,6 +35,7 @@ def _batches(n: int, seed: int = 0) -> list[torch.Tensor]:
 CFG = QuantConfig(speed_guard=0, cleanup=("conv-modules", "fold-pad", "fold-bn", "clamp-ranges"))
 
 
+@pytest.mark.torch_ao  # analyze and the budget swap the FX engine's int8 modules (not on PT2E yet)
 def test_analyze_ranks_the_broken_layer_first():
     report = analyze(broken_small_net(), _batches(4), config=CFG)
     assert report.layers[0].name == "features.3"
@@ -45,6 +46,7 @@ def test_analyze_ranks_the_broken_layer_first():
     assert report.to_dict()["layers"][0]["name"] == "features.3"
 
 
+@pytest.mark.torch_ao  # analyze and the budget swap the FX engine's int8 modules (not on PT2E yet)
 def test_budget_loop_meets_a_budget_plain_ptq_misses():
     model = broken_small_net()
     calib, held = _batches(4), _batches(2, seed=1)
@@ -62,6 +64,7 @@ def test_budget_loop_meets_a_budget_plain_ptq_misses():
     assert "skip rule 'name:features.3'" in res.model.precision["features.3"]["reason"]
 
 
+@pytest.mark.torch_ao  # analyze and the budget swap the FX engine's int8 modules (not on PT2E yet)
 def test_budget_with_labels_reports_drop_and_needs_labels():
     model = broken_small_net()
     x = _batches(2, seed=2)

@@ -18,6 +18,8 @@ from tests.models import (
     ValueAssert,
 )
 
+pytestmark = pytest.mark.torch_ao  # the FX engine's fp32 fallback for untraceable code
+
 EXACT = QuantConfig(speed_guard=0)
 
 

@@ -12,6 +12,8 @@ from ptsq.algorithms.cleanup import GRAPH_STEPS, cleanup
 from ptsq.config import QuantConfig
 from tests.models import randomize_bn
 
+pytestmark = pytest.mark.torch_ao  # the FX engine's graph clean-up
+
 
 class SamePadConv(nn.Conv2d):
     """TF-style 'same' padding: a Conv2d subclass whose forward pads and calls F.conv2d."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from benchmarks.bench_coverage import _macs, summarize, summary_line
 from benchmarks.coverage_report import render
@@ -11,6 +12,7 @@ from ptsq.config import QuantConfig
 from tests.models import Sandwich, SmallNet, ValueAssert
 
 
+@pytest.mark.torch_ao  # the coverage suite counts MACs on the FX engine's quantized modules
 def test_int8_share_counts_quantized_and_fp32_compute():
     torch.manual_seed(0)
     x = torch.randn(1, 3, 16, 16)

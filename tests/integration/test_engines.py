@@ -43,8 +43,11 @@ def small():
 
 @pytest.fixture(scope="module")
 def small_fx(small):
+    """The FX engine's result to compare with; None where torch.ao.quantization is gone."""
+    from ptsq import legacy
+
     model, calib = small
-    return ptsq.quantize(model, calib, config=_config("fx"), progress=False)
+    return ptsq.quantize(model, calib, config=_config("fx"), progress=False) if legacy.available() else None
 
 
 def _load_in_fresh_process(path: Path, x: torch.Tensor, tmp_path: Path) -> torch.Tensor:
@@ -74,7 +77,7 @@ def test_engine_quantizes_and_reloads_without_model_code(engine, small, small_fx
     # every conv and the linear layer run in int8
     int8 = {n for n, p in qm.precision.items() if p["precision"] == "int8"}
     assert {"features.0", "features.3", "features.6", "fc"} <= {n.split("#")[0] for n in int8} or engine == "onnx"
-    fx_db = small_fx.fidelity["sqnr_db"]
+    fx_db = small_fx.fidelity["sqnr_db"] if small_fx is not None else 35.0
     assert qm.fidelity["passed"] and qm.fidelity["sqnr_db"] > min(fx_db - 15.0, 20.0), (qm.fidelity["sqnr_db"], fx_db)
 
     path = qm.save(tmp_path / f"small.{engine}")
@@ -160,10 +163,14 @@ def test_torch_export_failure_names_the_problem_and_suggests_fx():
     calib = _batches((2, 3, 8, 8), n=3)
     with pytest.raises(TraceError) as ei:
         ptsq.quantize(RootUntraceable(), calib, config=QuantConfig(engine="pt2e"), progress=False)
-    assert "torch.export cannot capture" in ei.value.message
-    assert "--engine fx" in ei.value.hint
+    assert "torch.export cannot capture" in ei.value.message and "y.sum() > 0" in ei.value.message
+    assert "strict and non-strict tried" in ei.value.message  # what ptsq did before giving up
+    from ptsq import legacy
+
+    assert ("--engine fx" if legacy.available() else "torch.cond") in ei.value.hint
 
 
+@pytest.mark.torch_ao  # the FX engine's trace error
 def test_fx_trace_failure_suggests_pt2e():
     calib = _batches((2, 3, 8, 8), n=3)
     with pytest.raises(TraceError) as ei:
@@ -241,8 +248,8 @@ def test_onnx_weight_type_is_recorded_and_faithful(small, weights):
 def test_pt2e_compiled_with_inductor_is_faithful_and_timed(engine, small, small_fx, tmp_path):
     model, calib = small
     qm = ptsq.quantize(model, calib, config=QuantConfig(engine=engine, speed_guard=0), progress=False)
-    assert qm.manifest["details"]["compile_seconds"] > 0
-    assert qm.fidelity["sqnr_db"] > small_fx.fidelity["sqnr_db"] - 10.0
+    assert qm.summary()["compile_seconds"] > 0
+    assert small_fx is None or qm.fidelity["sqnr_db"] > small_fx.fidelity["sqnr_db"] - 10.0
     art = ptsq.load(qm.save(tmp_path / "small.pt2"))
     x = calib[-1][:1]
     with torch.inference_mode():

@@ -36,6 +36,7 @@ def _reload_in_fresh_process(path, x: torch.Tensor, tmp_path) -> torch.Tensor:  
     return torch.load(tmp_path / "y.pt"), r.stdout.strip()
 
 
+@pytest.mark.torch_ao  # inspects the FX path's FullRangeLinear modules (PT2E dynamic: test_pt2e.py)
 def test_dynamic_linear_int8_weights_fidelity_and_reload(tmp_path) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     model = TokenMLP().eval()
@@ -60,6 +61,7 @@ def test_dynamic_linear_int8_weights_fidelity_and_reload(tmp_path) -> None:  # t
     assert nn.functional.cosine_similarity(y, ref, dim=1).min() > 0.95
 
 
+@pytest.mark.torch_ao  # LSTM/GRU dynamic int8 is torch.ao's eager module swap (PT2E keeps them fp32)
 @pytest.mark.parametrize("cls, qtype", [(SeqLSTM, "LSTM"), (SeqGRU, "GRU")])
 def test_dynamic_rnn(cls, qtype, tmp_path) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
@@ -79,6 +81,7 @@ def test_dynamic_rnn(cls, qtype, tmp_path) -> None:  # type: ignore[no-untyped-d
     torch.testing.assert_close(y, qm(x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.torch_ao  # dynamic accuracy control re-swaps torch.ao modules
 def test_dynamic_budget_puts_worst_layers_back_and_skip_rules() -> None:
     torch.manual_seed(0)
     model = TokenMLP().eval()
@@ -182,6 +185,7 @@ def test_qat_freeze_helpers_stop_updates() -> None:
         ptsq.qat.convert(DigitNet())  # type: ignore[arg-type]
 
 
+@pytest.mark.torch_ao  # inspects torch.ao's fake-quantize modules
 def test_qat_calibrate_sets_ranges_in_eval_mode_without_touching_bn() -> None:
     torch.manual_seed(0)
     x, y = digits(3, 40)

@@ -84,9 +84,9 @@ def test_onnx_dynamic_rejects_models_without_linear_layers() -> None:
 
 def test_dynamic_mode_names_its_engines() -> None:
     model = TinyEncoder().eval()
-    with pytest.raises(ConfigError, match="fx or onnx engine, not 'pt2e'"):
+    with pytest.raises(ConfigError, match="fx, pt2e, onnx engine, not 'openvino'"):
         ptsq.quantize_dynamic(
-            model, example_inputs=model.example_inputs(), config=QuantConfig(engine="pt2e", mode="dynamic")
+            model, example_inputs=model.example_inputs(), config=QuantConfig(engine="openvino", mode="dynamic")
         )
 
 
@@ -110,6 +110,7 @@ def test_cli_dynamic_onnx_happy_path(tmp_path: Path) -> None:
     assert json.loads(info.stdout)["engine"] == "onnx"
 
 
+@pytest.mark.torch_ao  # auto compares fx with onnx
 def test_dynamic_auto_times_fx_and_onnx_and_keeps_a_faithful_one(tmp_path: Path) -> None:
     model = TinyEncoder().eval()
     config = QuantConfig(engine="auto", mode="dynamic", onnx=FAST, auto={"runs": 3})

@@ -26,6 +26,7 @@ def _batches(shape, n=6, seed=0):
     return [torch.randn(*shape, generator=g) for _ in range(n)]
 
 
+@pytest.mark.torch_ao  # FX kernel probes vs the plain torch.ao recipe
 def test_prelu_model_is_faithful_where_plain_recipe_is_not():
     model = randomize_bn(FaceNet())
     calib = _batches((8, 3, 24, 24), n=8)
@@ -66,6 +67,7 @@ def test_mixed_model_keeps_unsupported_ops_fp32_and_reports_them():
     assert qm.fidelity["sqnr_db"] > 15.0
 
 
+@pytest.mark.torch_ao  # FX keeps untraceable submodules fp32
 def test_untraceable_submodule_stays_fp32_and_rest_is_int8():
     model = PartlyUntraceable().eval()
     calib = _batches((4, 3, 16, 16), n=6)
@@ -79,6 +81,7 @@ def test_untraceable_submodule_stays_fp32_and_rest_is_int8():
         ptsq.quantize(model, calib, config=QuantConfig(strict=True), progress=False)
 
 
+@pytest.mark.torch_ao  # FX split capture of an untraceable top-level forward
 def test_untraceable_top_level_forward_names_the_line():
     with pytest.raises(TraceError) as info:
         # without strict the children it calls are quantized (tests/integration/test_capture_fallback.py)
@@ -127,6 +130,7 @@ def test_torchvision_models_quantize_and_reload(arch, min_sqnr, photo_dir, tmp_p
     assert check["samples"] == 4 and check["passed"] is None and check["verdict"] == "too few samples"
 
 
+@pytest.mark.torch_ao  # loads the FX engine's TorchScript artifact with plain torch.jit.load (PT2E: test_pt2e.py)
 def test_artifact_runs_in_fresh_process_without_model_code(tmp_path):
     model = randomize_bn(FaceNet())
     calib = _batches((4, 3, 24, 24), n=4)
@@ -197,6 +201,7 @@ class _Gated(torch.nn.Module):
         return y * self.gate(self.expand(s))
 
 
+@pytest.mark.torch_ao  # FX fixed-qparams sigmoid/tanh (PT2E leaves them fp32)
 @pytest.mark.parametrize("act", [torch.nn.Sigmoid(), torch.nn.Hardsigmoid(), torch.nn.Tanh()])
 def test_gate_after_an_fp32_layer_is_quantized_over_its_real_input_range(act):
     # torch.ao observes a sigmoid's input with its fixed *output* range when the producer is fp32:

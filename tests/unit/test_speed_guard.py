@@ -11,6 +11,8 @@ from torch import nn
 
 from ptsq.engines.fx import speed as fx_speed
 
+pytestmark = pytest.mark.torch_ao  # the FX engine's speed guard (PT2E's: tests/unit/test_pt2e_speed.py)
+
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):

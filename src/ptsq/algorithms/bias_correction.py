@@ -10,11 +10,13 @@ computed by the very weight observer convert will use. Zero padding at the borde
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.ao.quantization.observer import ObserverBase
+
+if TYPE_CHECKING:  # the PT2E engine uses this module where torch.ao.quantization is gone
+    from torch.ao.quantization.observer import ObserverBase
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ptsq.algorithms._histogram import HistogramRangeObserver
+from ptsq.algorithms._histogram import HistogramRangeObserver, observer_for
 
 STRIDE = 8  # candidate thresholds are every STRIDE-th bin
 
@@ -36,7 +36,7 @@ def _kl_threshold(hist: torch.Tensor, levels: int) -> int:
     return best_i
 
 
-class EntropyObserver(HistogramRangeObserver):
+class EntropyRule(HistogramRangeObserver):
     """Clip threshold minimising KL divergence between the fp32 and the int8 histogram."""
 
     def choose_range(self, hist: torch.Tensor, lo: float, hi: float) -> tuple[float, float]:
@@ -57,3 +57,6 @@ class EntropyObserver(HistogramRangeObserver):
         if hi <= 0:
             return max(lo, -t), hi
         return max(lo, -t), min(hi, t)
+
+
+EntropyObserver = observer_for(EntropyRule)  # on torch.ao's HistogramObserver, or torchao's once torch.ao is gone

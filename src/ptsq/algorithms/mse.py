@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from ptsq.algorithms._histogram import HistogramRangeObserver, quant_error
+from ptsq.algorithms._histogram import HistogramRangeObserver, observer_for, quant_error
 
 GRID = 64
 
 
-class MSEObserver(HistogramRangeObserver):
+class MSERule(HistogramRangeObserver):
     """Range minimising E[(x - Q(x))^2] over the calibration histogram."""
 
     def choose_range(self, hist: torch.Tensor, lo: float, hi: float) -> tuple[float, float]:
@@ -34,3 +34,6 @@ class MSEObserver(HistogramRangeObserver):
         ])  # fmt: skip
         best = int(torch.argmin(err))
         return float(grid_lo[best]), float(grid_hi[best])
+
+
+MSEObserver = observer_for(MSERule)  # on torch.ao's HistogramObserver, or torchao's once torch.ao is gone

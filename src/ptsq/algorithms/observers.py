@@ -1,4 +1,8 @@
-"""Activation observers by name, for QConfig activations, and the range each one would quantize over."""
+"""Activation observers by name, for QConfig activations, and the range each one would quantize over.
+
+``family``: ``"torch.ao"`` (the FX engine's prepare needs torch.ao observers) or ``"torchao"`` (PT2E's
+convert recognises only torchao's); the default follows :func:`ptsq.algorithms._histogram.default_family`.
+"""
 
 from __future__ import annotations
 
@@ -8,48 +12,47 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.ao.quantization.observer import (
-    HistogramObserver,
-    MinMaxObserver,
-    MovingAverageMinMaxObserver,
-    ObserverBase,
-)
 
 from ptsq.algorithms import OBSERVER_NAMES
-from ptsq.algorithms._histogram import HistogramRangeObserver
+from ptsq.algorithms._histogram import HistogramRangeObserver, observer_for, observer_module
 from ptsq.errors import ConfigError
 
 
-def observer_class(name: str) -> type[ObserverBase]:
-    from ptsq.algorithms.entropy import EntropyObserver
-    from ptsq.algorithms.mse import MSEObserver
-    from ptsq.algorithms.percentile import PercentileObserver
+def observer_class(name: str, family: str | None = None) -> type:
+    from ptsq.algorithms.entropy import EntropyRule
+    from ptsq.algorithms.mse import MSERule
+    from ptsq.algorithms.percentile import PercentileRule
 
-    classes: dict[str, type[ObserverBase]] = {
-        "minmax": MinMaxObserver,
-        "moving-average": MovingAverageMinMaxObserver,
-        "histogram": HistogramObserver,
-        "mse": MSEObserver,
-        "percentile": PercentileObserver,
-        "entropy": EntropyObserver,
+    base = observer_module(family)
+    classes: dict[str, Callable[[], type]] = {
+        "minmax": lambda: base.MinMaxObserver,
+        "moving-average": lambda: base.MovingAverageMinMaxObserver,
+        "histogram": lambda: base.HistogramObserver,
+        "mse": lambda: observer_for(MSERule, family),
+        "percentile": lambda: observer_for(PercentileRule, family),
+        "entropy": lambda: observer_for(EntropyRule, family),
     }
     if name not in classes:
         raise ConfigError(f"observer {name!r} is unknown", f"choose one of: {', '.join(OBSERVER_NAMES)}")
-    return classes[name]
+    return classes[name]()
 
 
-def activation_factory(name: str, base: Callable[..., Any]) -> Callable[..., Any]:
+def activation_factory(name: str, base: Callable[..., Any], family: str | None = None) -> Callable[..., Any]:
     """``base`` (a qconfig's activation partial) with its observer class replaced by ``name``'s, same arguments."""
-    partial = getattr(base, "p", base)  # torch.ao's _PartialWrapper holds a functools.partial
+    partial = getattr(base, "p", base)  # the observers' _PartialWrapper holds a functools.partial
     keywords = dict(getattr(partial, "keywords", {}) or {})
-    cls = observer_class(name)
-    if not issubclass(cls, HistogramObserver):
+    cls = observer_class(name, family)
+    if not issubclass(cls, observer_module(family).HistogramObserver):
         keywords.pop("bins", None)
         keywords.pop("upsample_rate", None)
     return cls.with_args(**keywords)
 
 
-def clamped(obs: HistogramObserver, lo: float, hi: float) -> HistogramObserver:
+def _histogram(obs: Any) -> bool:
+    return hasattr(obs, "histogram") and hasattr(obs, "_non_linear_param_search")
+
+
+def clamped(obs: Any, lo: float, hi: float) -> Any:
     """A copy of ``obs`` holding the histogram of ``clamp(x, lo, hi)`` instead of ``x``'s: what an observer
     after a ReLU / ReLU6 / clamp would have collected (the mass outside piles up in the edge bins)."""
     h, n = obs.histogram, obs.histogram.numel()
@@ -68,17 +71,17 @@ def clamped(obs: HistogramObserver, lo: float, hi: float) -> HistogramObserver:
     return sub
 
 
-def chosen_range(obs: ObserverBase, bounds: tuple[float, float] | None = None) -> tuple[float, float] | None:
+def chosen_range(obs: Any, bounds: tuple[float, float] | None = None) -> tuple[float, float] | None:
     """The (lo, hi) a per-tensor activation observer will quantize over, or None if it cannot say.
 
     ``bounds``: the value only reaches the model through a clamp to them (ReLU: (0, inf)); the range is
     then chosen for the clamped values, as an observer after the activation would choose it.
     """
-    if bounds is not None and isinstance(obs, HistogramObserver) and obs.min_val.numel() == 1:
+    if bounds is not None and _histogram(obs) and obs.min_val.numel() == 1:
         obs = clamped(obs, *bounds)
     if isinstance(obs, HistogramRangeObserver):
         return obs.chosen_range()
-    if isinstance(obs, HistogramObserver):
+    if _histogram(obs):
         if obs.min_val.numel() != 1 or float(obs.histogram.sum()) == 0:
             return None
         lo, hi = obs._non_linear_param_search()
@@ -99,7 +102,7 @@ def activation_observers(qmap: Any, name: str) -> Any:
     base = qmap.global_qconfig
     if name == "histogram" or base is None:
         return qmap
-    act = activation_factory(name, base.activation)
+    act = activation_factory(name, base.activation, "torch.ao")
     qmap = qmap.set_global(QConfig(activation=act, weight=base.weight))
     for pattern, qc in list(qmap.object_type_qconfigs.items()):
         if qc is not None and qc.activation is base.activation:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ptsq.algorithms._histogram import HistogramRangeObserver
+from ptsq.algorithms._histogram import HistogramRangeObserver, observer_for
 
 
-class PercentileObserver(HistogramRangeObserver):
+class PercentileRule(HistogramRangeObserver):
     """Range = the ``100 - percentile`` and ``percentile`` quantiles of everything observed (default 99.99)."""
 
     def __init__(self, *args, percentile: float = 99.99, **kwargs) -> None:  # type: ignore[no-untyped-def]
@@ -26,3 +26,6 @@ class PercentileObserver(HistogramRangeObserver):
         new_lo = lo + width * i_lo if lo < 0 else lo  # non-negative data keeps its exact minimum
         new_hi = lo + width * (i_hi + 1)
         return new_lo, max(new_hi, new_lo + width)
+
+
+PercentileObserver = observer_for(PercentileRule)  # on torch.ao's HistogramObserver, or torchao's once torch.ao is gone

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ptsq import legacy
 from ptsq.algorithms.fallback import Trial, greedy_fallback
 from ptsq.algorithms.float_layers import swappable_layers, with_float_layers
 from ptsq.analysis.sensitivity import per_layer
@@ -259,6 +260,7 @@ def quantize_with_budget(
 
     budget = Budget(max_drop, min_agreement, min_sqnr)
     config = config or QuantConfig()
+    legacy.require_fx("the accuracy budget", config.engine)
     if group < 1:
         raise ConfigError(f"group {group} must be at least 1", "e.g. group=1")
     calib, eval_batches = _hold_back(list(calibration), eval_data, max_drop)

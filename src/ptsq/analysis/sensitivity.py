@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ptsq import legacy
 from ptsq.algorithms.float_layers import swappable_layers, with_float_layers
 from ptsq.calibration import as_args, batch_size
 from ptsq.config import QuantConfig
@@ -192,6 +193,7 @@ def analyze(
     from ptsq.modes.static import quantize_static
 
     config = config or QuantConfig()
+    legacy.require_fx("analyze", config.engine)
     batches = [as_args(transform(b) if transform else b, model) for b in calibration]
     if not batches:
         raise DataError("the calibration data is empty", "give a folder with at least one image")

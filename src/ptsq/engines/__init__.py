@@ -47,6 +47,14 @@ def missing_packages(name: str) -> list[str]:
     return [p for p in _REQUIRES.get(name, ()) if importlib.util.find_spec(p) is None]
 
 
+def can_quantize(name: str) -> bool:
+    """Whether engine ``name`` can quantize here: its packages are installed, and the fx engine also
+    needs torch.ao.quantization (its artifacts still load without it: TorchScript runs them)."""
+    from ptsq import legacy
+
+    return not missing_packages(name) and (name != "fx" or legacy.available())
+
+
 def get_engine(name: str) -> Engine:
     missing = missing_packages(name)
     if missing:

@@ -4,7 +4,8 @@ No calibration data: each activation's range is measured on the fly, per call. T
 
 1. The engine makes every supported layer int8: ``fx`` swaps modules for torch.ao's dynamic ones (an
    eager swap, so models FX cannot trace work too; see ``ptsq.engines.fx.dynamic``), ``onnx`` exports the
-   model and runs onnxruntime's dynamic quantizer (an ``.onnx`` artifact; ``ptsq.engines.onnx.dynamic``).
+   model and runs onnxruntime's dynamic quantizer (an ``.onnx`` artifact; ``ptsq.engines.onnx.dynamic``),
+   ``pt2e`` runs torchao's dynamic x86 recipe on Linear layers after timing each (``ptsq.engines.pt2e.dynamic``).
 2. Accuracy control (fx): when the mean per-sample cosine between fp32 and int8 outputs on the check
    inputs falls below ``config.dynamic.min_cosine``, each int8 layer's own damage is measured (that layer
    alone in int8), and the worst layers go back to fp32 one by one until the budget holds. The onnx path
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ptsq import manifest
+from ptsq import legacy, manifest
 from ptsq.algorithms.fallback import greedy_fallback
 from ptsq.backends import activate, resolve_backend
 from ptsq.calibration import as_positional, example_from_batch
@@ -36,7 +37,7 @@ from ptsq.fidelity import compare, flatten_outputs
 from ptsq.modes.dynamic_layers import in_module_order, unquantized_layers
 from ptsq.quantized import QuantizedModel
 
-DYNAMIC_ENGINES = ("fx", "onnx")
+DYNAMIC_ENGINES = ("fx", "pt2e", "onnx")
 MAX_FALLBACK_FRACTION = 0.5  # never put back more than half the layers: then dynamic mode is the wrong tool
 
 
@@ -126,11 +127,14 @@ def quantize_dynamic(
     ``example_inputs`` (default: the first of them, or the model's ``example_inputs()``) is used to trace
     the artifact. The input model is never modified.
     """
-    config = (config or QuantConfig()).replace(mode="dynamic")
+    config = (config or QuantConfig(engine=legacy.default_engine("dynamic"))).replace(mode="dynamic")
     if config.engine not in DYNAMIC_ENGINES:
         raise ConfigError(
-            f"dynamic mode runs on the fx or onnx engine, not {config.engine!r}", "choose --engine fx, onnx or auto"
+            f"dynamic mode runs on the {', '.join(DYNAMIC_ENGINES)} engine, not {config.engine!r}",
+            f"choose --engine {', '.join(DYNAMIC_ENGINES)} or auto",
         )
+    if config.engine == "fx":
+        legacy.require("dynamic mode on the fx engine", "use --engine onnx (the default without it) or pt2e")
     from ptsq.engines.fx import DYNAMIC_TYPES, supported_layers
 
     backend = resolve_backend(config.backend)
@@ -154,7 +158,8 @@ def quantize_dynamic(
         if len(fallback) == len(layers):
             raise ConfigError("skip rules keep every supported layer in fp32", "drop some --skip rules")
         torch.manual_seed(config.seed)
-        result, sims = (_onnx if config.engine == "onnx" else _fx)(model, layers, fallback, checks, example, config)
+        run = {"onnx": _onnx, "pt2e": _pt2e}.get(config.engine, _fx)
+        result, sims = run(model, layers, fallback, checks, example, config)
         result.debug["check_batches"] = checks  # saving proves the artifact against the int8 model on these
         fid = compare(model, result.module, checks)
     finally:
@@ -238,6 +243,24 @@ def _onnx(
     details = {**details, "min_cosine": budget or None}
     debug = {"fp32_onnx": fp32_onnx}  # the exported fp32 model, for baselines
     return EngineResult(module=qmodel, precision=rows, notes=notes, details=details, debug=debug), sims
+
+
+def _pt2e(
+    model: nn.Module, layers: dict[str, nn.Module], fallback: dict[str, str], checks: list, example: tuple,
+    config: QuantConfig,
+) -> tuple[EngineResult, torch.Tensor]:  # fmt: skip
+    get_engine("pt2e")  # a one-line error when torchao is missing
+    from ptsq.engines.pt2e import quantize_pt2e_dynamic
+
+    qmodel, rows, details, notes = quantize_pt2e_dynamic(model, example, config, layers, fallback)
+    sims = per_sample_cosine(model, qmodel, checks)
+    budget = config.dynamic.min_cosine
+    if budget and float(sims.mean()) < budget:
+        notes.append(
+            f"mean cosine {float(sims.mean()):.4f} is below the budget {budget}; the pt2e engine "
+            "does not put layers back to fp32 (keep layers fp32 with --skip)"
+        )
+    return EngineResult(module=qmodel, precision=rows, notes=notes, details={**details, "min_cosine": budget}), sims
 
 
 def _accuracy_control(

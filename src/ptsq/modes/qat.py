@@ -31,7 +31,9 @@ rate to 0 (cosine) instead of keeping it constant, which left the weights hoppin
 calibration first made little difference there but removes the dependence on the first batch.
 
 Capture is torch.fx (``prepare_qat_fx``, see ``ptsq.engines.fx.qat``) with the backend's default QAT
-qconfig mapping; skip rules and kernels ptsq measured as broken (PReLU in torch 2.14) stay fp32.
+qconfig mapping; skip rules and kernels ptsq measured as broken (PReLU in torch 2.14) stay fp32. With
+``QuantConfig(engine="pt2e")`` (the default once torch.ao.quantization is gone) capture is torch.export and
+torchao's ``prepare_qat_pt2e`` (``ptsq.engines.pt2e.qat``); the artifact is a .pt2 program.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ptsq import artifact, manifest
+from ptsq import artifact, legacy, manifest
 from ptsq.backends import activate, qconfig_name, resolve_backend
 from ptsq.calibration import as_args
 from ptsq.config import QatOptions, QuantConfig
@@ -88,18 +90,30 @@ class Schedule:
         return done
 
 
+def _pt2e(model: nn.Module) -> bool:
+    state = getattr(model, _STATE, None)
+    return state is not None and state.get("engine") == "pt2e"
+
+
+def _engine_helpers(model: nn.Module) -> Any:
+    """The engine package whose QAT helpers (freeze_bn, set_observers, ...) handle ``model``."""
+    if _pt2e(model):
+        from ptsq.engines.pt2e import qat
+
+        return qat
+    import ptsq.engines.fx
+
+    return ptsq.engines.fx
+
+
 def freeze_bn(model: nn.Module) -> None:
     """Stop updating BatchNorm running statistics (fused Conv+BN QAT modules and plain BN)."""
-    from ptsq.engines.fx import freeze_bn as fx_freeze_bn
-
-    fx_freeze_bn(model)
+    _engine_helpers(model).freeze_bn(model)
 
 
 def freeze_observers(model: nn.Module) -> None:
     """Stop updating quantization ranges; fake quantization keeps using the last ones."""
-    from ptsq.engines.fx import set_observers
-
-    set_observers(model, False)
+    _engine_helpers(model).set_observers(model, False)
 
 
 @torch.no_grad()
@@ -111,11 +125,9 @@ def calibrate(model: nn.Module, batches: Iterable[Any], *, max_batches: int | No
     eval mode with observers on and no gradients; restores the model's train/eval mode. Each batch is a
     tensor, a tuple of model inputs, or ``(inputs, labels)`` (labels ignored). Returns the batches used.
     """
-    from ptsq.engines.fx import set_observers
-
     was_training = model.training
     model.eval()
-    set_observers(model, True)
+    _engine_helpers(model).set_observers(model, True)
     used = 0
     for batch in batches:
         if max_batches is not None and used >= max_batches:
@@ -136,17 +148,25 @@ def prepare(
     ``qconfig_mapping`` (advanced) replaces the backend's default QAT ``QConfigMapping``, e.g. to
     train for narrower ranges than int8.
     """
-    from ptsq.engines.fx import prepare_qat
-
     if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
         raise ConfigError("QAT needs the original Python nn.Module", "pass the model object, not TorchScript")
     config = (config or QuantConfig()).replace(mode="qat")
     backend = resolve_backend(config.backend)
     activate(backend)
     example = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    prepared, notes = prepare_qat(model, example, config, backend, qconfig_mapping)
-    state = {"backend": backend, "config": config, "example": example, "notes": notes,
-             "source_sha256": artifact.state_hash(model)}  # fmt: skip
+    if config.engine == "pt2e":
+        from ptsq.engines.pt2e import qat as pt2e_qat
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prepared, notes = pt2e_qat.prepare(model, example, config)
+    else:
+        legacy.require("QAT on the fx engine", "use QuantConfig(engine='pt2e') (torchao's prepare_qat_pt2e)")
+        from ptsq.engines.fx import prepare_qat
+
+        prepared, notes = prepare_qat(model, example, config, backend, qconfig_mapping)
+    state = {"engine": config.engine if config.engine == "pt2e" else "fx", "backend": backend, "config": config,
+             "example": example, "notes": notes, "source_sha256": artifact.state_hash(model)}  # fmt: skip
     setattr(prepared, _STATE, state)
     return prepared
 
@@ -163,8 +183,6 @@ def convert(
     The self-check compares int8 with ``reference`` (default: the fake-quantized model itself, i.e.
     what training optimised) on ``check_inputs`` (default: the example inputs).
     """
-    from ptsq.engines.fx import convert_qat
-
     state = getattr(prepared, _STATE, None)
     if state is None:
         raise ConfigError("convert() needs a model returned by ptsq.qat.prepare()", "call ptsq.qat.prepare first")
@@ -173,7 +191,18 @@ def convert(
     t0 = time.perf_counter()
     trained = copy.deepcopy(prepared).eval()
     checks = [tuple(a) if isinstance(a, (tuple, list)) else (a,) for a in (check_inputs or [example])]
-    converted, rows = convert_qat(trained, example, backend)
+    notes = list(state["notes"])
+    if _pt2e(prepared):
+        converted, rows, details = _convert_pt2e(prepared, config, notes)
+    else:
+        from ptsq.engines.fx import convert_qat
+
+        converted, rows = convert_qat(trained, example, backend)
+        details = {
+            "capture": "torch.fx symbolic trace (prepare_qat_fx)",
+            "qconfig": f"default QAT ({qconfig_name(backend)})",
+            "freeze": config.freeze,
+        }
     ref = reference.eval() if reference is not None else trained
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -185,15 +214,10 @@ def convert(
         "against": "fp32 reference" if reference is not None else "fake-quantized (QAT) model",
         "passed": fid.sqnr_db >= config.warn_sqnr_db,
     }
-    details = {
-        "capture": "torch.fx symbolic trace (prepare_qat_fx)",
-        "qconfig": f"default QAT ({qconfig_name(backend)})",
-        "freeze": config.freeze,
-    }
-    result = EngineResult(module=converted, precision=rows, notes=list(state["notes"]), details=details)
+    result = EngineResult(module=converted, precision=rows, notes=notes, details=details)
     calibration = {"samples": 0, "source": "quantization-aware training (ranges from training batches)"}
     built = manifest.build(
-        model=trained, example=example, config=config, engine="fx", backend=backend, check=check,
+        model=trained, example=example, config=config, engine=state.get("engine", "fx"), backend=backend, check=check,
         precision=[r.to_dict() for r in rows], details=details, notes=result.notes,
         calibration={**calibration, **(source or {})},
     )  # fmt: skip
@@ -201,6 +225,20 @@ def convert(
     qm = QuantizedModel(result, built, example)
     qm.stats["seconds"] = round(time.perf_counter() - t0, 2)
     return qm
+
+
+def _convert_pt2e(prepared: fx.GraphModule, config: QuantConfig, notes: list[str]) -> tuple[Any, Any, dict[str, Any]]:
+    from ptsq.engines.pt2e import CompiledProgram
+    from ptsq.engines.pt2e import qat as pt2e_qat
+
+    converted, rows, more = pt2e_qat.convert(prepared)
+    notes.extend(more)
+    details: dict[str, Any] = {
+        "capture": "torch.export (prepare_qat_pt2e)",
+        "quantizer": "torchao X86InductorQuantizer (QAT) + ptsq (conv1d, int8 data movement)",
+        "runtime": "inductor (freezing)",
+    }
+    return (CompiledProgram(converted).eval() if config.pt2e.compile else converted), rows, details
 
 
 def finetune(

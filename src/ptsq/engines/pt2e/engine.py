@@ -1,0 +1,113 @@
+"""The PT2E engine: torch.export -> torchao prepare_pt2e/convert_pt2e -> ptsq passes -> inductor."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ptsq.config import QuantConfig
+from ptsq.engines import register
+from ptsq.engines.base import EngineResult
+from ptsq.engines.common import quiet, skip_reason, skip_targets
+from ptsq.engines.pt2e.artifact import is_pt2, load_program, save_program
+from ptsq.engines.pt2e.bias import BiasCorrection
+from ptsq.engines.pt2e.capture import capture
+from ptsq.engines.pt2e.passes import drop_unused_tensors, sink_dequantize
+from ptsq.engines.pt2e.precision import precision_map
+from ptsq.engines.pt2e.quantizer import import_torchao, make_quantizer, reduce_range
+from ptsq.engines.pt2e.runtime import CompiledProgram
+from ptsq.engines.pt2e.speed import slow_layers
+from ptsq.errors import QuantizationError, first_line
+
+
+@register("pt2e")
+class Pt2eEngine:
+    name = "pt2e"
+    suffix = ".pt2"
+
+    def quantize(
+        self,
+        model: nn.Module,
+        calibrate: Callable[[Callable[..., Any]], int],
+        example_args: tuple[Any, ...],
+        config: QuantConfig,
+        backend: str,
+    ) -> EngineResult:
+        import_torchao()
+        from torchao.quantization.pt2e import allow_exported_model_train_eval
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        work = copy.deepcopy(model).eval()
+        skipped = skip_targets(work, config)
+        notes = [f"'{n}' {r}" for n, r in skipped.items()]
+        if config.speed_guard > 0:
+            slow = {
+                n: r
+                for n, r in slow_layers(work, example_args, config.speed_guard).items()
+                if not skip_reason(n, skipped)
+            }
+            if slow:
+                notes.append(f"speed guard: {len(slow)} layer(s) kept in fp32, their int8 kernel is slower here")
+            skipped = {**skipped, **slow}
+        if not config.per_channel:
+            notes.append("the x86 inductor quantizer has per-channel weights only; --per-tensor ignored")
+        with quiet(all_user_warnings=True):
+            ep, mode = capture(work, example_args)
+            if mode == "non-strict":
+                notes.append("strict torch.export failed; captured with non-strict export")
+            quantizer, qnotes = make_quantizer(config, skipped)
+            notes.extend(qnotes)
+            try:
+                prepared = prepare_pt2e(ep.module(), quantizer)
+            except Exception as exc:
+                hint = "try --engine fx or --engine onnx"
+                raise QuantizationError(f"prepare_pt2e failed: {first_line(exc)}", hint) from exc
+            bias = BiasCorrection(prepared) if "bias-correction" in config.cleanup else None
+            try:
+                with torch.no_grad():
+                    calibrate(prepared)
+            finally:
+                if bias is not None:
+                    bias.remove()
+            observed = copy.deepcopy(prepared)  # the fp32 reference, taken before the biases change
+            if bias is not None and (n := bias.apply()):
+                notes.append(f"bias correction: {n} conv/linear biases corrected for int8 weight rounding")
+            try:
+                converted = convert_pt2e(prepared)
+            except Exception as exc:
+                raise QuantizationError(
+                    f"convert_pt2e failed: {first_line(exc)}", "keep the failing layer in fp32 with --skip"
+                ) from exc
+            if n := sink_dequantize(converted):
+                notes.append(f"clean-up: {n} data-movement ops run on int8 values")
+            drop_unused_tensors(converted)
+        rows = precision_map(converted, skipped)
+        converted = allow_exported_model_train_eval(converted)
+        details: dict[str, Any] = {
+            "capture": f"torch.export ({mode})",
+            "quantizer": "torchao X86InductorQuantizer + ptsq (conv1d, int8 data movement)",
+            "reduce_range": reduce_range(config),
+            "runtime": "inductor (freezing)",
+        }
+        module: nn.Module = converted
+        if config.pt2e.compile:
+            # the self-check then runs (and times the compile of) what users will run
+            module = CompiledProgram(converted).eval()
+        return EngineResult(module=module, precision=rows, notes=notes, details=details, debug={"observed": observed})
+
+    def save(self, result: EngineResult, path: Path, manifest_json: str, example_args: tuple[Any, ...]) -> nn.Module:
+        module = result.module.program if isinstance(result.module, CompiledProgram) else result.module
+        save_program(module, path, manifest_json, example_args)
+        return result.module
+
+    def can_load(self, path: Path) -> bool:
+        return is_pt2(path)
+
+    def load(self, path: Path) -> tuple[nn.Module, str]:
+        program, manifest = load_program(path)
+        return CompiledProgram(program).eval(), manifest

@@ -1,0 +1,119 @@
+"""Run an exported int8 program compiled with inductor.
+
+The program is compiled straight from its aten graph (``torch._inductor.compile``), not through
+``torch.compile``: no Dynamo frame, so no guard evaluation on every call (0.4 ms per call on
+MobileNetV2, 8% of its int8 run time). Freezing is on (weights become constants and are prepacked
+for oneDNN; without it the int8 graph is slower than fp32). The wrapper's per-op size and alignment
+asserts are off (their Python costs ~2-8% of a MobileNetV2 call). The C++ wrapper (``cpp_wrapper``)
+was not faster here (MobileNetV2 1.31x FX's time vs 1.25x, thread CPU time) and compiles 3x longer.
+One compile per input signature (shapes and dtypes), kept on the module; a new batch size compiles
+once more.
+
+Inductor cannot cache a frozen graph across processes in torch 2.14 (the prepacked oneDNN weights are
+not picklable: its graph cache reports "mkldnn tensors unpickleable"), so each load compiles again;
+the C++ kernels themselves are cached under ``~/.cache/ptsq/inductor`` (``$PTSQ_CACHE_DIR``), which
+makes the second load of a model 3x faster than the first. ``compile_seconds`` says what it took.
+``PTSQ_PT2E_EAGER=1`` runs the program without compiling (correct, slow; no C++ compiler needed).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+NO_COMPILE_ENV = "PTSQ_PT2E_EAGER"  # =1: run loaded programs without inductor (no C++ compiler, debugging)
+INDUCTOR_OPTIONS: dict[str, Any] = {
+    "freezing": True,
+    "size_asserts": False,
+    "alignment_asserts": False,
+    "scalar_asserts": False,
+    "fx_graph_cache": True,
+}
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept between loads (``$PTSQ_CACHE_DIR`` or ``~/.cache/ptsq``)."""
+    from ptsq.cache import cache_root
+
+    return cache_root() / "inductor"
+
+
+def eager_only() -> bool:
+    return os.environ.get(NO_COMPILE_ENV, "") not in ("", "0")
+
+
+def _dispatch_mode_active() -> bool:
+    """A FLOP counter or another TorchDispatchMode is watching: it wants the ops, not a compile."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is not None
+
+
+def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(
+        (tuple(a.shape), a.dtype, a.device.type) if isinstance(a, torch.Tensor) else (type(a).__name__, repr(a))
+        for a in args
+    )
+
+
+class CompiledProgram(nn.Module):
+    """An exported int8 program, compiled with inductor on its first call for each input signature."""
+
+    def __init__(self, program: nn.Module) -> None:
+        super().__init__()
+        # not a registered submodule: .eval()/.train() on exported graphs raise, and they hold no training state
+        object.__setattr__(self, "program", program)
+        self.compile_seconds: float | None = None  # the first compile
+        self._compiled: dict[tuple[Any, ...], Any] = {}
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs:  # keyword inputs (dict batches naming forward's parameters) in the program's order
+            args = inspect.signature(self.program.forward).bind(*args, **kwargs).args
+        if eager_only() or _dispatch_mode_active():
+            with torch.no_grad():
+                return self.program(*args)  # reference kernels: right, but slow
+        fn = self._compiled.get(_signature(args))
+        if fn is None:
+            self.compile_now(args)
+            fn = self._compiled[_signature(args)]
+        with torch.no_grad():
+            return fn(*args)
+
+    def compile_now(self, args: tuple[Any, ...]) -> float:
+        """Compile for inputs like ``args`` now; returns the seconds it took."""
+        from torch._inductor import compile as inductor_compile
+
+        from ptsq.engines.pt2e.quantizer import import_torchao
+
+        import_torchao()  # torchao registers inductor's int8 lowering (qconv/qlinear) at import
+        cache = cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+        t0 = time.perf_counter()
+        graph = getattr(self.program, "graph", None)
+        codegen = getattr(graph, "_codegen", None)
+        attributes = set(vars(self.program))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                with torch.no_grad():  # freezing applies to inference graphs only
+                    fn = inductor_compile(self.program, list(args), dict(INDUCTOR_OPTIONS))
+                    fn(*args)
+            finally:  # inductor edits the program in place; undo it so that it can compile again and be saved
+                for name in set(vars(self.program)) - attributes:  # _param_name_to_source breaks a second compile
+                    delattr(self.program, name)
+                if graph is not None and graph._codegen is not codegen:  # pytree inputs/outputs flattened
+                    graph._codegen = codegen
+                    self.program.recompile()
+        seconds = round(time.perf_counter() - t0, 2)
+        self._compiled[_signature(args)] = fn
+        if self.compile_seconds is None:
+            self.compile_seconds = seconds
+        return seconds

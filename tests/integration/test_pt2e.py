@@ -1,0 +1,177 @@
+"""PT2E engine: int8 data movement, conv1d, the precision map, the .pt2 artifact and its checks.
+
+Fast-tier tests run the converted program eagerly (reference kernels, ``pt2e_compile=False`` and
+``PTSQ_PT2E_EAGER=1``); the compiled path is in the slow tier and the engines benchmark.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import ptsq
+from ptsq import artifact
+from ptsq.config import QuantConfig
+from ptsq.errors import ArtifactError
+from tests.models import ShuffleBlocks, TransposedConv1d, randomize_bn
+
+EAGER = {"pt2e_compile": False}
+
+
+def _batches(shape, n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=g) for _ in range(n)]
+
+
+def _config(**kw) -> QuantConfig:
+    return QuantConfig(engine="pt2e", speed_guard=0, extra={**EAGER, **kw.pop("extra", {})}, **kw)
+
+
+def test_data_movement_runs_on_int8_values_bit_exactly():
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from ptsq.engines.pt2e.capture import capture
+    from ptsq.engines.pt2e.passes import sink_dequantize
+    from ptsq.engines.pt2e.precision import op_name, precision_map
+    from ptsq.engines.pt2e.quantizer import MOVEMENT, SPLITS, make_quantizer
+
+    torch.manual_seed(0)
+    model = ShuffleBlocks().eval()
+    calib = _batches((2, 3, 12, 12))
+    ep, _ = capture(model, (calib[0],))
+    prepared = prepare_pt2e(ep.module(), make_quantizer(_config(), {})[0])
+    for x in calib:
+        prepared(x)
+    converted = convert_pt2e(prepared)
+    before = copy.deepcopy(converted)
+    moved = sink_dequantize(converted)
+    assert moved >= 8  # view, transpose, contiguous, view and chunk in each of the two blocks
+    x = _batches((3, 3, 12, 12), n=1, seed=1)[0]
+    assert torch.equal(converted(x), before(x))  # moving uint8 values commutes with dequantize
+    for node in converted.graph.nodes:  # nothing is dequantized just to be moved
+        if node.op == "call_function" and node.target in MOVEMENT | SPLITS:
+            assert not op_name(node.args[0]).startswith("dequantize"), node.format_node()
+    cats = [r for r in precision_map(converted, {}) if r.op == "cat"]
+    assert len(cats) == 2 and all(r.precision == "int8" for r in cats), cats  # torchao alone: both fp32
+
+
+def test_conv1d_is_int8_and_conv_transpose_says_why_it_is_not():
+    torch.manual_seed(0)
+    model = randomize_bn(TransposedConv1d())
+    qm = ptsq.quantize(model, _batches((4, 8, 24)), config=_config(), progress=False)
+    rows = {r["name"]: r for r in qm.manifest["precision"]}
+    assert rows["conv"]["precision"] == rows["out"]["precision"] == "int8", rows
+    assert rows["up"]["precision"] == "fp32" and "no int8 kernel for conv_transpose1d" in rows["up"]["reason"], rows
+    assert "act2" not in rows  # a ReLU fused into the int8 conv before it has no row of its own
+    assert qm.fidelity["passed"], qm.fidelity
+
+
+def _rewrite(src: Path, dst: Path, edit) -> Path:  # type: ignore[no-untyped-def]
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, edit(info.filename, zin.read(info)))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def conv_artifact(tmp_path_factory):
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU()]
+    for _ in range(3):  # 110k weights: the graph's JSON and the scales do not dominate the file
+        layers += [torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    qm = ptsq.quantize(model.eval(), _batches((2, 3, 16, 16)), config=_config(), progress=False)
+    path = qm.save(tmp_path_factory.mktemp("pt2e") / "convs.pt2")
+    return model, qm, path
+
+
+def test_artifact_is_int8_sized_and_runs_without_the_model_code(conv_artifact, monkeypatch):
+    model, qm, path = conv_artifact
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    assert path.stat().st_size <= 0.3 * len(buf.getvalue()), (path.stat().st_size, len(buf.getvalue()))
+    with zipfile.ZipFile(path) as zf:  # no example inputs, no fp32 copies of the int8 weights
+        assert not [n for n in zf.namelist() if "sample_inputs/" in n and zf.read(n)]
+        weights = [zf.getinfo(n).file_size for n in zf.namelist() if "/data/weights/" in n]
+    assert max(weights) < 64 * 64 * 9 * 2, weights  # the largest conv's weight is stored as int8
+    monkeypatch.setenv("PTSQ_PT2E_EAGER", "1")
+    art = ptsq.load(path)
+    assert len(art.manifest["program_sha256"]) == 64 and art.manifest["precision"] == qm.manifest["precision"]
+    x = _batches((2, 3, 16, 16), n=1, seed=3)[0]
+    with torch.inference_mode():
+        torch.testing.assert_close(art(x), qm(x), atol=1e-5, rtol=1e-5)
+
+
+def test_edited_program_and_other_torch_version_are_refused(conv_artifact, tmp_path):
+    _, _, path = conv_artifact
+
+    def flip_weights(name: str, data: bytes) -> bytes:
+        if "/data/weights/" in name and len(data) > 64:
+            return data[:32] + bytes([data[32] ^ 1]) + data[33:]
+        return data
+
+    with pytest.raises(ArtifactError, match=r"program in .* was modified"):
+        ptsq.load(_rewrite(path, tmp_path / "edited.pt2", flip_weights))
+
+    def other_torch(name: str, data: bytes) -> bytes:
+        if name.endswith("ptsq_manifest.json"):
+            m = json.loads(data)
+            return artifact.seal({**m, "torch_version": "2.99.0"}).encode()
+        return data
+
+    with pytest.raises(ArtifactError, match=r"exported with torch 2\.99\.0") as ei:
+        ptsq.load(_rewrite(path, tmp_path / "old.pt2", other_torch))
+    assert "re-create it" in ei.value.hint
+
+
+@pytest.mark.slow  # prepare_qat_pt2e's conv+BN pattern matching takes ~1 min here; the fast tier runs PT2E QAT
+# through the CLI in the torch.ao-free run (tests/cli/test_modes_cli.py)
+def test_qat_on_pt2e_trains_freezes_and_converts(tmp_path, monkeypatch):
+    import ptsq.qat
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(8, 4),
+    )  # fmt: skip
+    x = _batches((8, 3, 12, 12), n=1)[0]
+    prepared = ptsq.qat.prepare(model, (x[:1],), config=_config())
+    assert ptsq.qat.calibrate(prepared, [x]) == 1 and prepared.training
+    ptsq.qat.freeze_bn(prepared)
+    ptsq.qat.freeze_observers(prepared)
+    frozen = {k: v.clone() for k, v in prepared.state_dict().items() if "running_mean" in k or k.endswith("scale")}
+    assert any("running_mean" in k for k in frozen) and any(k.endswith("scale") for k in frozen)
+    opt = torch.optim.SGD(prepared.parameters(), lr=0.05)
+    torch.nn.functional.cross_entropy(prepared(x * 3), torch.arange(8) % 4).backward()  # would move unfrozen stats
+    opt.step()
+    after = prepared.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in frozen.items())
+    qm = ptsq.qat.convert(prepared, check_inputs=[(x,)])
+    assert qm.manifest["engine"] == "pt2e" and qm.manifest["mode"] == "qat"
+    assert {r["name"]: r["precision"] for r in qm.manifest["precision"]} == {"0": "int8", "3": "int8", "5": "int8"}
+    assert qm.fidelity["passed"], qm.fidelity
+    monkeypatch.setenv("PTSQ_PT2E_EAGER", "1")
+    art = ptsq.load(qm.save(tmp_path / "qat.pt2"))
+    torch.testing.assert_close(art(x), qm(x), atol=1e-5, rtol=1e-5)
+
+
+def test_dynamic_mode_on_pt2e_quantizes_linears_and_says_why_rnns_stay_fp32():
+    from tests.models_seq import SeqLSTM, TokenMLP
+
+    torch.manual_seed(0)
+    mlp = TokenMLP().eval()
+    ex = mlp.example_inputs()
+    qm = ptsq.quantize_dynamic(mlp, example_inputs=ex, config=_config(mode="dynamic"), check_inputs=[ex])
+    assert qm.manifest["engine"] == "pt2e" and {r["precision"] for r in qm.manifest["precision"]} == {"int8"}
+    assert qm.fidelity["cosine_mean"] >= 0.99, qm.fidelity
+    lstm = SeqLSTM().eval()
+    ex = lstm.example_inputs()
+    rows = ptsq.quantize_dynamic(lstm, example_inputs=ex, config=_config(mode="dynamic")).precision
+    assert rows["fc"]["precision"] == "int8"
+    assert rows["lstm"]["precision"] == "fp32" and "no dynamic int8 kernel for LSTM" in rows["lstm"]["reason"]
