@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ptsq.config import QuantConfig
-from ptsq.engines import available_engines, missing_packages
+from ptsq.engines import available_engines, can_quantize
 from ptsq.errors import PtsqError, QuantizationError
 from ptsq.quantized import QuantizedModel
 
@@ -52,7 +52,7 @@ DYNAMIC = Criterion(
 
 def engines_to_try(config: QuantConfig, supported: tuple[str, ...] | None = None) -> list[str]:
     """``config.auto.engines``, or every installed engine (restricted to ``supported`` when given)."""
-    names = list(config.auto.engines) or [e for e in available_engines() if not missing_packages(e)]
+    names = list(config.auto.engines) or [e for e in available_engines() if can_quantize(e)]
     return [n for n in names if supported is None or n in supported]
 
 

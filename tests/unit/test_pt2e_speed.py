@@ -31,7 +31,7 @@ def test_verdicts_are_measured_on_real_kernels_kept_and_reused(tmp_path, monkeyp
 
 def test_a_slow_verdict_makes_an_fp32_region_with_its_reason(tmp_path, monkeypatch):
     import ptsq
-    from ptsq.config import QuantConfig
+    from ptsq.config import Pt2eOptions, QuantConfig
 
     monkeypatch.setenv("PTSQ_CACHE_DIR", str(tmp_path))
     speed.verdict.cache_clear()
@@ -46,7 +46,7 @@ def test_a_slow_verdict_makes_an_fp32_region_with_its_reason(tmp_path, monkeypat
     (tmp_path / speed.STORE).write_text(json.dumps(store))
     speed.verdict.cache_clear()
     calib = [torch.randn(2, 3, 12, 12) for _ in range(3)]
-    qm = ptsq.quantize(model, calib, config=QuantConfig(engine="pt2e", extra={"pt2e_compile": False}), progress=False)
+    qm = ptsq.quantize(model, calib, config=QuantConfig(engine="pt2e", pt2e=Pt2eOptions(compile=False)), progress=False)
     rows = qm.precision
     assert rows["0"]["precision"] == "int8"
     assert rows["2"]["precision"] == "fp32" and "50.0x slower" in rows["2"]["reason"]

@@ -15,6 +15,7 @@ import typer
 
 from ptsq.config import CLEANUP_STEPS, QuantConfig
 from ptsq.errors import ConfigError
+from ptsq.legacy import default_engine
 
 ConfigOpt = Annotated[
     str | None, typer.Option("--config", help="Recipe file (YAML or JSON, QuantConfig's keys); flags given win.")
@@ -101,7 +102,25 @@ def build_config(ctx: typer.Context, params: Mapping[str, Any]) -> QuantConfig:
         if unknown:
             raise ConfigError(f"unknown clean-up step(s) {unknown}", f"choose from: {', '.join(CLEANUP_STEPS)}")
         config = config.replace(cleanup=tuple(s for s in config.cleanup if s not in params["no_cleanup"]))
+    if not ("engine" in changes or (path and _recipe_names_engine(path))) and config.engine != default_engine(
+        config.mode
+    ):
+        config = config.replace(engine=default_engine(config.mode))  # without torch.ao: onnx for dynamic mode
     return config
+
+
+def _recipe_names_engine(path: str) -> bool:
+    """Whether the recipe file itself sets ``engine`` (its dictionary form always has one once loaded)."""
+    import json
+
+    text = Path(path).read_text()
+    try:
+        import yaml
+
+        data = yaml.safe_load(text) if not path.endswith(".json") else json.loads(text)
+    except Exception:  # the recipe was already parsed once by from_file: unreadable here means no
+        return False
+    return isinstance(data, dict) and "engine" in data
 
 
 def save_config(config: QuantConfig, path: str, force: bool = True) -> Path:

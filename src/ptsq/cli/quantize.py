@@ -77,7 +77,9 @@ def quantize_cmd(
     engine: Annotated[
         str,
         typer.Option(
-            "--engine", help=f"{' | '.join(available_engines())} | auto (try all, keep the fastest faithful one)."
+            "--engine",
+            help=f"{' | '.join(available_engines())} | auto (try all, keep the fastest faithful one). "
+            "Default fx; where torch.ao.quantization is gone pt2e (onnx in dynamic mode).",
         ),
     ] = "fx",
     num_calib: o.NumCalibOpt = 300,
@@ -335,7 +337,8 @@ def render(console: Console, d: dict[str, Any]) -> None:
     t.add_row("int8 vs fp32", verdict.get(c.get("verdict", ""), "") + figures(c) + f" ({c.get('output', '?')})")
     if d.get("speed"):
         t.add_row("speed", _speed(d["speed"]))
-    t.add_row("time", f"{d['seconds']} s")
+    compiled = f" (compile {d['compile_seconds']} s)" if d.get("compile_seconds") else ""
+    t.add_row("time", f"{d['seconds']} s{compiled}")
     console.print(t)
     if d["fp32_layers"]:
         f = Table(title="kept in fp32", title_justify="left")

@@ -98,9 +98,9 @@ def _pt2e(model: nn.Module) -> bool:
 def _engine_helpers(model: nn.Module) -> Any:
     """The engine package whose QAT helpers (freeze_bn, set_observers, ...) handle ``model``."""
     if _pt2e(model):
-        from ptsq.engines.pt2e import qat
+        import ptsq.engines.pt2e
 
-        return qat
+        return ptsq.engines.pt2e
     import ptsq.engines.fx
 
     return ptsq.engines.fx
@@ -155,11 +155,11 @@ def prepare(
     activate(backend)
     example = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     if config.engine == "pt2e":
-        from ptsq.engines.pt2e import qat as pt2e_qat
+        from ptsq.engines.pt2e import prepare_qat
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            prepared, notes = pt2e_qat.prepare(model, example, config)
+            prepared, notes = prepare_qat(model, example, config)
     else:
         legacy.require("QAT on the fx engine", "use QuantConfig(engine='pt2e') (torchao's prepare_qat_pt2e)")
         from ptsq.engines.fx import prepare_qat
@@ -228,10 +228,9 @@ def convert(
 
 
 def _convert_pt2e(prepared: fx.GraphModule, config: QuantConfig, notes: list[str]) -> tuple[Any, Any, dict[str, Any]]:
-    from ptsq.engines.pt2e import CompiledProgram
-    from ptsq.engines.pt2e import qat as pt2e_qat
+    from ptsq.engines.pt2e import CompiledProgram, convert_qat
 
-    converted, rows, more = pt2e_qat.convert(prepared)
+    converted, rows, more = convert_qat(prepared)
     notes.extend(more)
     details: dict[str, Any] = {
         "capture": "torch.export (prepare_qat_pt2e)",

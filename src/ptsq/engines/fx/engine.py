@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ptsq import artifact
+from ptsq import artifact, legacy
 from ptsq.algorithms.bias_correction import InputMeans, correct_biases
 from ptsq.algorithms.cleanup import clamp_ranges
 from ptsq.algorithms.keep_float import wrap_modules
@@ -136,6 +136,7 @@ class FxEngine:
         config: QuantConfig,
         backend: str,
     ) -> EngineResult:
+        legacy.require("the fx engine", "use --engine pt2e (the default without it), onnx or openvino")
         activate(backend)
         work = copy.deepcopy(model).eval()
         notes: list[str] = []
