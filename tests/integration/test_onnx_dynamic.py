@@ -113,7 +113,7 @@ def test_cli_dynamic_onnx_happy_path(tmp_path: Path) -> None:
 @pytest.mark.torch_ao  # auto compares fx with onnx
 def test_dynamic_auto_times_fx_and_onnx_and_keeps_a_faithful_one(tmp_path: Path) -> None:
     model = TinyEncoder().eval()
-    config = QuantConfig(engine="auto", mode="dynamic", onnx=FAST, auto={"runs": 3})
+    config = QuantConfig(engine="auto", mode="dynamic", onnx=FAST, auto={"runs": 3, "engines": ("fx", "onnx")})
     qm = ptsq.quantize_dynamic(model, example_inputs=model.example_inputs(), check_inputs=_checks(), config=config)
     table = qm.summary()["auto"]
     rows = {r["engine"]: r for r in table["engines"]}
