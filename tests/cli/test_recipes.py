@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 import ptsq
@@ -17,6 +18,7 @@ SEQ = Path(__file__).resolve().parents[1] / "models_seq.py"
 COMMON = ["--preset", "imagenet", "--input-size", "32", "--num-calib", "8", "--batch-size", "4"]
 
 
+@pytest.mark.torch_ao  # checks the fx engine's dynamic module swap
 def test_mode_dynamic_in_a_recipe_runs_dynamic_mode(tmp_path: Path) -> None:
     recipe = tmp_path / "r.yaml"
     recipe.write_text("mode: dynamic\ndynamic:\n  min_cosine: 0.95\n")

@@ -15,6 +15,8 @@ import pytest
 
 from tests.cli.conftest import assert_clean_error, run_cli, spec
 
+pytestmark = pytest.mark.torch_ao  # the report's fixture runs analyze, which runs on the fx engine only
+
 COMMON = ("--preset", "imagenet", "--input-size", "32", "--num-calib", "16", "--batch-size", "4", "--speed-guard", "0")
 
 

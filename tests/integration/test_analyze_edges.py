@@ -7,6 +7,7 @@ import io
 import re
 import sys
 
+import pytest
 import torch
 from rich.console import Console
 from torch import nn
@@ -15,6 +16,8 @@ import ptsq
 from ptsq.analysis.sensitivity import analyze
 from ptsq.cli.analyze import COLUMNS, render
 from ptsq.config import QuantConfig
+
+pytestmark = pytest.mark.torch_ao  # analyze runs on the fx engine only
 
 CFG = QuantConfig(speed_guard=0)
 

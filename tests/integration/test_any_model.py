@@ -98,6 +98,7 @@ class _ChunkBatch(nn.Module):
         return a + b
 
 
+@pytest.mark.torch_ao  # the FX engine's R1-R7 repairs
 def test_r2_batches_are_taken_as_given(tmp_path) -> None:
     torch.manual_seed(0)
     model = _ChunkBatch().eval()
@@ -165,6 +166,7 @@ class _MeanAfterPool(nn.Module):
         return torch.mean(self.act(self.pool(self.conv(x))))
 
 
+@pytest.mark.torch_ao  # the FX engine's R1-R7 repairs
 def test_r4_an_op_whose_int8_kernel_fails_stays_fp32_and_names_the_line(tmp_path) -> None:
     torch.manual_seed(0)
     model = _MeanAfterPool().eval()
@@ -185,6 +187,7 @@ class _Elu(nn.Module):
         return F.elu(self.conv(x), True)
 
 
+@pytest.mark.torch_ao  # the FX engine's R1-R7 repairs
 def test_r5_a_model_that_quantized_also_saves(tmp_path) -> None:
     torch.manual_seed(0)
     qm, _ = _quantize_save_reload(_Elu().eval(), [torch.randn(4, 3, 8, 8) for _ in range(6)], tmp_path)
@@ -223,6 +226,7 @@ class _ViewArith(nn.Module):
         return q.view(q.size()[:-1] + (4, 16))  # noqa: RUF005 (the construct under test)
 
 
+@pytest.mark.torch_ao  # the FX engine's R1-R7 repairs
 def test_r7_size_arithmetic_after_a_linear(tmp_path) -> None:
     torch.manual_seed(0)
     model = _ViewArith().eval()
@@ -243,6 +247,7 @@ class _TwoFailures(nn.Module):
         return self.a(x) - self.b(x) * 0.5
 
 
+@pytest.mark.torch_ao  # the FX engine's R1-R7 repairs
 def test_recovery_keeps_each_failing_op_fp32_in_turn(tmp_path) -> None:
     torch.manual_seed(0)
     qm, _ = _quantize_save_reload(_TwoFailures().eval(), [torch.randn(4, 3, 8, 8) for _ in range(6)], tmp_path)
@@ -270,6 +275,7 @@ def test_in_place_ops_with_unused_results_survive(tmp_path) -> None:
     assert _sqnr(model, got, (calib[-1],)) > 20  # the plain recipe gives ~0 dB here
 
 
+@pytest.mark.torch_ao  # the FX engine's R1-R7 repairs
 def test_a_clean_up_step_that_breaks_the_model_is_left_out(monkeypatch) -> None:
     from ptsq.algorithms import cleanup as fx_cleanup
 

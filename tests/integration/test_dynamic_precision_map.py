@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -26,6 +27,7 @@ class ConvLSTM(nn.Module):
         return self.head(y[:, -1])
 
 
+@pytest.mark.torch_ao  # LSTM dynamic int8 is torch.ao's module swap (PT2E and onnx keep it fp32)
 def test_every_weighted_layer_is_listed_with_why():
     torch.manual_seed(0)
     model = ConvLSTM().eval()

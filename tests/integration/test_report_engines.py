@@ -19,6 +19,8 @@ from ptsq.manifest_file import PLAIN_LOADERS, read_manifest, runtime_of
 from tests.cli.conftest import run_cli
 from tests.models import SmallNet, randomize_bn
 
+pytestmark = pytest.mark.torch_ao  # builds an artifact with every engine, fx included
+
 FAST = ("fx", "onnx", "openvino")  # pt2e (torch.export + inductor) takes longer: the slow test covers it
 EXTRA = {"pt2e": {"pt2e": {"compile": False}}}  # info and report need no compiled program
 

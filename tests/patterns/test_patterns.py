@@ -12,6 +12,8 @@ import pytest
 from tests.patterns.catalogue import PATTERNS
 from tests.patterns.runner import run
 
+pytestmark = pytest.mark.torch_ao  # each pattern is compared with the plain torch.ao FX recipe
+
 MAX_BELOW_PLAIN_DB = 1.0
 
 

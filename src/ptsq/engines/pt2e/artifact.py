@@ -92,9 +92,9 @@ def save_program(module: nn.Module, path: Path, manifest_json: str, example_args
                 f"torch.export of the int8 program failed: {export_explanation(exc)}", "try --engine fx"
             ) from exc
         ep._example_inputs = None  # the archive would carry a batch of example inputs (1.2 MB at 224x224)
-        for node in ep.graph.nodes:  # source paths of this machine and pass history: not the user's business
-            node.meta.pop("stack_trace", None)
-            node.meta.pop("from_node", None)
+        for node in ep.graph.nodes:  # source paths of this machine and pass history: not the user's business;
+            for key in ("stack_trace", "from_node", "nn_module_stack"):  # the module stack holds object ids
+                node.meta.pop(key, None)  # (the layer names are in the manifest's precision map)
         digest = program_digest(_serialise(ep, None))
         manifest = {**json.loads(manifest_json), "program_sha256": digest}
         data = _deflate(pin_serialization_id(_serialise(ep, artifact.seal(manifest))))

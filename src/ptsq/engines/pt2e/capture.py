@@ -25,9 +25,11 @@ def batch2(args: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def dynamic_batch(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The batch dimension of every input tensor dynamic, in the inputs' own (nested) structure."""
+    """Every dimension of every input tensor dynamic where the model allows it (``Dim.AUTO``: the exporter
+    keeps static what must be), in the inputs' own (nested) structure: the program takes other batch and
+    image sizes, like the FX and ONNX artifacts. The compiled program is still specialised per shape."""
     auto = torch.export.Dim.AUTO
-    return tuple(tree_map(lambda a: {0: auto} if _batched(a) else None, a) for a in args)
+    return tuple(tree_map(lambda a: dict.fromkeys(range(a.dim()), auto) if _batched(a) else None, a) for a in args)
 
 
 def export_explanation(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import operator
 from typing import Any
 
+import torch
 from torch import fx
 
 from ptsq.engines.base import LayerPrecision
@@ -56,7 +57,16 @@ def module_path(node: fx.Node) -> tuple[str, str]:
     return name, cls_name
 
 
+def _size_arithmetic(node: fx.Node) -> bool:
+    """Python arithmetic on symbolic sizes (a dynamic batch or image size), not tensor compute."""
+    if getattr(node.target, "__module__", "") in ("_operator", "operator", "math"):
+        return True
+    return isinstance(node.meta.get("val"), (int, float, bool, torch.SymInt, torch.SymFloat, torch.SymBool))
+
+
 def is_compute(node: fx.Node) -> bool:
+    if node.op == "call_function" and _size_arithmetic(node):
+        return False
     name = op_name(node)
     if not name or name == "getitem" or name in PLUMBING or name in _MOVEMENT_NAMES:
         return False
