@@ -134,17 +134,6 @@ def require(feature: str, instead: str) -> None:
     raise TorchAoUnavailable(f"{feature} needs the deprecated torch.ao.quantization ({why})", instead)
 
 
-def require_fx(feature: str, engine: str) -> None:
-    """Features built on the FX engine's int8 modules (analyze, the accuracy budget): a one-line error elsewhere."""
-    from ptsq.errors import ConfigError
-
-    if engine != "fx":
-        gone = "it needs torch.ao.quantization, which is gone here"
-        hint = "drop --engine (fx is the default)" if available() else gone
-        raise ConfigError(f"{feature} runs on the fx engine only (no PT2E version yet), not {engine!r}", hint)
-    require(feature, "use skip rules by hand: ptsq quantize --skip name:LAYER")
-
-
 def default_engine(mode: str = "static") -> str:
     """``fx`` while torch.ao.quantization is here; once it is gone ``pt2e``, and ``onnx`` for dynamic mode.
 

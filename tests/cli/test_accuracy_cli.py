@@ -20,8 +20,8 @@ def _broken_weights(tmp_path):
     return p
 
 
-@pytest.mark.torch_ao  # analyze swaps the FX engine's int8 modules (not on PT2E yet)
-def test_analyze_names_the_broken_layer_and_the_skip_option(photo_dir, tmp_path):
+def test_analyze_names_the_broken_layer_and_the_skip_option(photo_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PTSQ_PT2E_EAGER", "1")  # without torch.ao the default engine is PT2E: no inductor here
     plot = tmp_path / "layers.png"
     res = run_cli("analyze", spec("SmallNet"), "--weights", _broken_weights(tmp_path), "--calib", photo_dir,
                   *COMMON, *NO_CLE, "--plot", plot, "--json")  # fmt: skip

@@ -8,8 +8,8 @@ import torch
 import ptsq
 from ptsq.analysis.budget import quantize_with_budget
 from ptsq.analysis.sensitivity import analyze
-from ptsq.config import QuantConfig
-from ptsq.errors import ConfigError
+from ptsq.config import Pt2eOptions, QuantConfig
+from ptsq.errors import ConfigError, QuantizationWarning
 from tests.models import SmallNet, randomize_bn
 
 
@@ -33,11 +33,16 @@ def _batches(n: int, seed: int = 0) -> list[torch.Tensor]:
 
 
 CFG = QuantConfig(speed_guard=0, cleanup=("conv-modules", "fold-pad", "fold-bn", "clamp-ranges"))
+# PT2E puts layers back to fp32 in its converted aten graph; the fast tier runs that graph uncompiled
+ENGINES = [
+    pytest.param(CFG.replace(engine="fx"), id="fx", marks=pytest.mark.torch_ao),
+    pytest.param(CFG.replace(engine="pt2e", pt2e=Pt2eOptions(compile=False)), id="pt2e"),
+]
 
 
-@pytest.mark.torch_ao  # analyze and the budget swap the FX engine's int8 modules (not on PT2E yet)
-def test_analyze_ranks_the_broken_layer_first():
-    report = analyze(broken_small_net(), _batches(4), config=CFG)
+@pytest.mark.parametrize("cfg", ENGINES)
+def test_analyze_ranks_the_broken_layer_first(cfg):
+    report = analyze(broken_small_net(), _batches(4), config=cfg)
     assert report.layers[0].name == "features.3"
     assert report.layers[0].gain_db > 10 and report.layers[0].layer_sqnr_db < 10
     assert report.keep_fp32 == ["features.3"]
@@ -46,17 +51,18 @@ def test_analyze_ranks_the_broken_layer_first():
     assert report.to_dict()["layers"][0]["name"] == "features.3"
 
 
-@pytest.mark.torch_ao  # analyze and the budget swap the FX engine's int8 modules (not on PT2E yet)
-def test_budget_loop_meets_a_budget_plain_ptq_misses():
+@pytest.mark.parametrize("cfg", ENGINES)
+def test_budget_loop_meets_a_budget_plain_ptq_misses(cfg):
     model = broken_small_net()
     calib, held = _batches(4), _batches(2, seed=1)
-    plain = ptsq.quantize(model, calib, config=CFG, progress=False)
+    with pytest.warns(QuantizationWarning, match=r"likely culprits: features\.3"):  # PT2E taps its own graphs
+        plain = ptsq.quantize(model, calib, config=cfg, progress=False)
     with torch.no_grad():
         from ptsq.fidelity import sqnr_db
 
         plain_sqnr = sqnr_db(torch.cat([model(x) for x in held]), torch.cat([plain.module(x) for x in held]))
     assert plain_sqnr < 25
-    res = quantize_with_budget(model, calib, eval_data=held, min_sqnr=30.0, config=CFG, latency_runs=3)
+    res = quantize_with_budget(model, calib, eval_data=held, min_sqnr=30.0, config=cfg, latency_runs=3)
     assert res.met and res.fp32_layers == ["features.3"]
     final = res.steps[-1]
     assert final.kind == "int8" and final.metrics["sqnr_db"] >= 30 and final.latency_ms is not None
@@ -64,20 +70,20 @@ def test_budget_loop_meets_a_budget_plain_ptq_misses():
     assert "skip rule 'name:features.3'" in res.model.precision["features.3"]["reason"]
 
 
-@pytest.mark.torch_ao  # analyze and the budget swap the FX engine's int8 modules (not on PT2E yet)
-def test_budget_with_labels_reports_drop_and_needs_labels():
+@pytest.mark.parametrize("cfg", ENGINES)
+def test_budget_with_labels_reports_drop_and_needs_labels(cfg):
     model = broken_small_net()
     x = _batches(2, seed=2)
     with torch.no_grad():
         labelled = [(b, model(b).argmax(1)) for b in x]  # labels = fp32 predictions: fp32 top-1 is 1.0
     # 16 samples, one a near-tie in fp32 (logits 0.1002 vs 0.0996) that any int8 noise may flip: allow it
-    res = quantize_with_budget(model, _batches(3), eval_data=labelled, max_drop=10.0, config=CFG, latency_runs=0)
+    res = quantize_with_budget(model, _batches(3), eval_data=labelled, max_drop=10.0, config=cfg, latency_runs=0)
     assert res.steps[0].metrics["fp32_top1"] == 1.0 and res.steps[0].metrics["drop_pp"] > 50
     assert res.met and res.steps[-1].metrics["drop_pp"] <= 10.0 and "features.3" in res.fp32_layers
     with pytest.raises(ConfigError, match="labelled"):
-        quantize_with_budget(model, _batches(3), max_drop=1.0, config=CFG)
+        quantize_with_budget(model, _batches(3), max_drop=1.0, config=cfg)
     with pytest.raises(ConfigError, match="no accuracy budget"):
-        quantize_with_budget(model, _batches(3), config=CFG)
+        quantize_with_budget(model, _batches(3), config=cfg)
 
 
 def test_margin_deficit_gives_the_budget_a_direction_where_agreement_is_flat():

@@ -7,7 +7,6 @@ import io
 import re
 import sys
 
-import pytest
 import torch
 from rich.console import Console
 from torch import nn
@@ -15,11 +14,10 @@ from torch import nn
 import ptsq
 from ptsq.analysis.sensitivity import analyze
 from ptsq.cli.analyze import COLUMNS, render
-from ptsq.config import QuantConfig
+from ptsq.config import Pt2eOptions, QuantConfig
 
-pytestmark = pytest.mark.torch_ao  # analyze runs on the fx engine only
-
-CFG = QuantConfig(speed_guard=0)
+# the default engine: fx, or PT2E (run uncompiled) where torch.ao.quantization is gone
+CFG = QuantConfig(speed_guard=0, pt2e=Pt2eOptions(compile=False))
 
 
 class LongNames(nn.Module):

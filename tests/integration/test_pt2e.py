@@ -176,3 +176,70 @@ def test_dynamic_mode_on_pt2e_quantizes_linears_and_says_why_rnns_stay_fp32():
     rows = ptsq.quantize_dynamic(lstm, example_inputs=ex, config=_config(mode="dynamic")).precision
     assert rows["fc"]["precision"] == "int8"
     assert rows["lstm"]["precision"] == "fp32" and "no dynamic int8 kernel for LSTM" in rows["lstm"]["reason"]
+
+
+class _Mix(torch.nn.Module):
+    """A matmul of two activations inside a named module, after the Linears that feed it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.q(y) @ self.k(y).transpose(1, 2)
+
+
+class _Tokens(torch.nn.Module):
+    """conv+BN+ReLU, a conv called twice, int8 data movement (flatten, transpose) into Linears and a matmul."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+        self.again = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.mix = _Mix()
+        self.head = torch.nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.again(torch.relu(self.again(self.stem(x)))))
+        return self.head(self.mix(y.flatten(2).transpose(1, 2)))
+
+
+def test_analyze_puts_pt2e_layers_back_to_fp32_without_recalibrating():
+    from ptsq.analysis.sensitivity import analyze, float_layers
+    from ptsq.fidelity import sqnr_db
+
+    torch.manual_seed(0)
+    model = randomize_bn(_Tokens()).eval()
+    calib = _batches((4, 3, 4, 4))
+    qm = ptsq.quantize(model, calib, config=_config(), progress=False)
+    layers = float_layers(qm.result)
+    # the matmul of two activations stays fp32 (torchao quantizes only one of its inputs): not a layer
+    assert layers is not None and layers.names() == ["stem.0", "again", "mix.q", "mix.k", "head"]
+    x = _batches((4, 3, 4, 4), n=1, seed=1)[0]
+    with torch.inference_mode():
+        ref, int8 = model(x), qm.result.module(x)
+        every = layers.with_float([*layers.names(), "mix"])(x)
+        one = layers.with_float(["mix"])(x)  # mix.q, mix.k and the int8-rounded input of their matmul
+        after = qm.result.module(x)
+    # every layer back in fp32 (and the matmul's rounded input): the fp32 model itself (BN folded, biases
+    # before bias correction), where int8 is far from it; a swap works on a copy and leaves the program as it was
+    assert sqnr_db(ref, every) > 80 > sqnr_db(ref, int8) + 20, (sqnr_db(ref, every), sqnr_db(ref, int8))
+    assert torch.equal(after, int8) and not torch.equal(one, int8) and not torch.equal(one, every)
+    fp32_out, int8_out = layers.layer_outputs(["stem.0", "mix"], (x,))
+    assert fp32_out["stem.0"].shape == int8_out["stem.0"].shape == (4, 8, 4, 4)  # after its fused ReLU
+    assert 15 < sqnr_db(fp32_out["stem.0"], int8_out["stem.0"]) < 80
+
+    report = analyze(model, calib, config=_config())
+    assert sorted(r.name for r in report.layers) == sorted(layers.names())
+    assert report.baseline_sqnr_db == qm.fidelity["sqnr_db"]  # the headline is the self-check's figure
+    assert all(r.op for r in report.layers) and {r.op for r in report.layers} >= {"Conv2d", "Linear"}
+
+
+def test_analyze_refuses_what_it_cannot_do_before_quantizing():
+    from ptsq.analysis.sensitivity import analyze
+    from ptsq.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="runs on the fx and pt2e engines only, not 'onnx'"):
+        analyze(torch.nn.Conv2d(3, 3, 1), iter(()), config=QuantConfig(engine="onnx"))
+    with pytest.raises(ConfigError, match="on Ray runs on the fx engine only"):
+        analyze(torch.nn.Conv2d(3, 3, 1), iter(()), config=_config(), ray="auto")

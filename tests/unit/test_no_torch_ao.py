@@ -31,7 +31,7 @@ try:
 except ptsq.TorchAoUnavailable as e:
     print("fx:", e.message, "|", e.hint)
 try:
-    ptsq.analyze(torch.nn.Conv2d(3, 3, 1), [torch.randn(1, 3, 4, 4)])
+    ptsq.analyze(torch.nn.Conv2d(3, 3, 1), [torch.randn(1, 3, 4, 4)], config=QuantConfig(engine="onnx"))
 except ptsq.ConfigError as e:
     print("analyze:", e.message)
 """
@@ -47,7 +47,8 @@ def test_the_mode_refuses_the_stack_but_not_torch_and_picks_pt2e():
     assert lines[3] == "default engine: pt2e onnx", lines
     assert lines[4].startswith("fx: the fx engine needs the deprecated torch.ao.quantization"), lines
     assert "--engine pt2e" in lines[4]
-    assert lines[5] == "analyze: analyze runs on the fx engine only (no PT2E version yet), not 'pt2e'", lines
+    # analyze itself runs on PT2E in this mode (tests/integration/test_accuracy_tools.py)
+    assert lines[5] == "analyze: analyze runs on the fx and pt2e engines only, not 'onnx'", lines
 
 
 def test_ptsq_reaches_torch_ao_only_through_import_statements():

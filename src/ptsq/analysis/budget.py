@@ -3,7 +3,7 @@
 1. Quantize with the given config and evaluate int8 against fp32 on the evaluation batches
    (labelled: top-1 drop in points; unlabelled: top-1 agreement and/or output SQNR).
 2. Rank the int8 layers by what keeping each alone in fp32 gains on the budget's own score
-   (calibrated observers reused, no re-calibration: :func:`ptsq.algorithms.float_layers.with_float_layers`).
+   (calibrated observers reused, no re-calibration: :class:`ptsq.analysis.sensitivity.FloatLayers`).
 3. Greedily move one group of layers at a time to fp32, most harmful first, evaluating each step;
    a move that does not improve the score is stepped back. Stop when the budget holds.
 4. Re-quantize for real with ``--skip name:...`` rules for the chosen layers and evaluate that model.
@@ -28,10 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ptsq import legacy
 from ptsq.algorithms.fallback import Trial, greedy_fallback
-from ptsq.algorithms.float_layers import swappable_layers, with_float_layers
-from ptsq.analysis.sensitivity import per_layer
+from ptsq.analysis.sensitivity import FloatLayers, check_engine, float_layers, per_layer
 from ptsq.calibration import as_args
 from ptsq.config import QuantConfig, SkipRule
 from ptsq.errors import ConfigError, DataError
@@ -260,7 +258,7 @@ def quantize_with_budget(
 
     budget = Budget(max_drop, min_agreement, min_sqnr)
     config = config or QuantConfig()
-    legacy.require_fx("the accuracy budget", config.engine)
+    check_engine("the accuracy budget", config, ray)
     if group < 1:
         raise ConfigError(f"group {group} must be at least 1", "e.g. group=1")
     calib, eval_batches = _hold_back(list(calibration), eval_data, max_drop)
@@ -282,28 +280,28 @@ def quantize_with_budget(
         best_qm, best, best_layers = qm, first.metrics, []
         current, current_layers, current_m = qm, [], first.metrics
         for _ in range(rounds):
-            observed = current.result.debug.get("observed")
-            if budget.met(best) or observed is None:
+            layers = float_layers(current.result)
+            if budget.met(best) or layers is None:
                 break
             chosen, tried = _greedy(
-                budget, evaluate, current.result.module, observed, current_m, current_layers, max_steps, group,
+                budget, evaluate, current.result.module, layers, current_m, current_layers, max_steps, group,
                 progress, say, cluster,
             )  # fmt: skip
             steps += tried
             if not chosen:
                 break
             # the real thing: re-quantize with skip rules and measure it
-            layers = current_layers + chosen
-            rules = tuple(config.skip) + tuple(SkipRule("name", n) for n in layers)
+            fp32_layers = current_layers + chosen
+            rules = tuple(config.skip) + tuple(SkipRule("name", n) for n in fp32_layers)
             cand = quantize_static(model, calib, replace(config, skip=rules), progress=progress, **quantize_kwargs)
-            step = measured(layers, cand)
+            step = measured(fp32_layers, cand)
             step.accepted = budget.score(step.metrics) > budget.score(best)
             steps.append(step)
-            say(f"re-quantized with {len(layers)} layer(s) in fp32: {_fmt(step.metrics)}")
+            say(f"re-quantized with {len(fp32_layers)} layer(s) in fp32: {_fmt(step.metrics)}")
             if step.accepted:
-                best_qm, best, best_layers = cand, step.metrics, layers
+                best_qm, best, best_layers = cand, step.metrics, fp32_layers
             # re-calibration moved the result: rank again from the real model
-            current, current_layers, current_m = cand, layers, step.metrics
+            current, current_layers, current_m = cand, fp32_layers, step.metrics
         fp_ms = measured.fp32_ms[0] if measured.fp32_ms else None
         return BudgetResult(best_qm, budget.met(best), budget.describe(), steps, list(best_layers), fp_ms)
     finally:
@@ -315,7 +313,7 @@ def _greedy(
     budget: Budget,
     evaluate: Evaluator,
     converted: nn.Module,
-    observed: nn.Module,
+    layers: FloatLayers,
     base: dict[str, Any],
     prefix: list[str],
     max_steps: int,
@@ -326,7 +324,7 @@ def _greedy(
 ) -> tuple[list[str], list[Step]]:
     """Layers to add to fp32, estimated in the int8 graph: ranked by their solo score (as Ray tasks on
     ``cluster`` if given), then greedily."""
-    names = swappable_layers(converted, observed)
+    names = layers.names()
     with task("ranking layers", len(names), progress) as update:
         done = [0]
 
@@ -334,8 +332,9 @@ def _greedy(
             done[0] += n
             update(done[0])
 
-        solo = per_layer(solo_score, (budget, evaluate, converted, observed), names, cluster=cluster, step=step)
-    base_score = budget.score(base)
+        solo = per_layer(solo_score, (budget, evaluate, layers), names, cluster=cluster, step=step)
+    swapped_in = layers.with_float([])  # PT2E: the reference program the swaps run in, not the compiled one
+    base_score = budget.score(base if swapped_in is converted else evaluate(swapped_in))
     candidates = sorted((n for n in names if solo[n] > base_score), key=lambda n: solo[n], reverse=True)
     say(f"{len(candidates)} of {len(names)} int8 layers improve the score alone")
 
@@ -343,16 +342,16 @@ def _greedy(
         say(f"{'keep' if t.accepted else 'step back'} fp32 {t.layers[-group:]}: {_fmt(t.result)}")
 
     chosen, trials = greedy_fallback(
-        candidates, lambda layers: evaluate(with_float_layers(converted, observed, layers)), budget.score,
+        candidates, lambda chosen: evaluate(layers.with_float(chosen)), budget.score,
         budget.met, base_score=base_score, limit=max_steps, group=group, on_trial=told,
     )  # fmt: skip
     return chosen, [Step(prefix + t.layers, "estimate", t.result, accepted=t.accepted) for t in trials]
 
 
-def solo_score(ctx: tuple[Budget, Evaluator, nn.Module, nn.Module], name: str) -> tuple[float, ...]:
+def solo_score(ctx: tuple[Budget, Evaluator, FloatLayers], name: str) -> tuple[float, ...]:
     """One ranking job: the budget's score with layer ``name`` alone in fp32 (estimated in the int8 graph)."""
-    budget, evaluate, converted, observed = ctx
-    return budget.score(evaluate(with_float_layers(converted, observed, [name])))
+    budget, evaluate, layers = ctx
+    return budget.score(evaluate(layers.with_float([name])))
 
 
 def _fmt(m: dict[str, Any]) -> str:

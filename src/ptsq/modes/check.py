@@ -53,8 +53,13 @@ def culprits(
     int8 model), so each int8 layer is compared with the fp32 value at the same point of the graph.
     """
     names = [n for n in layer_names if _has(observed, n) and _has(quantized, n)]
-    ref = capture_outputs(observed, names, args)
-    got = capture_outputs(quantized, names, args)
+    return rank_culprits(names, capture_outputs(observed, names, args), capture_outputs(quantized, names, args), top)
+
+
+def rank_culprits(
+    names: Sequence[str], ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor], top: int = 3
+) -> list[tuple[str, float]]:
+    """:func:`culprits` from layer outputs already taken: (fp32, int8) by layer name."""
     scores: list[tuple[str, float, float]] = []
     prev = float("inf")
     for name in names:
@@ -103,13 +108,16 @@ def self_check(
         check["passed"], check["verdict"] = None, "too few samples"
     else:
         check["passed"], check["verdict"] = not poor, ("poor" if poor else "good")
-    if poor and fid.samples and "observed" in result.debug:
+    layers = result.debug.get("float_layers")  # PT2E: no modules to hook, it taps its graphs itself
+    if poor and fid.samples and (layers is not None or "observed" in result.debug):
         names = [r.name for r in result.precision if r.precision == "int8"]
         try:
-            check["culprits"] = [
-                {"name": n, "sqnr_db": round(s, 2)}
-                for n, s in culprits(result.debug["observed"], result.module, names, batches[0])
-            ]
+            found = (
+                rank_culprits(names, *layers.layer_outputs(names, batches[0]))
+                if layers is not None
+                else culprits(result.debug["observed"], result.module, names, batches[0])
+            )
+            check["culprits"] = [{"name": n, "sqnr_db": round(s, 2)} for n, s in found]
         except Exception:  # culprit search is best effort; the warning itself stands
             check["culprits"] = []
     return check
@@ -166,6 +174,7 @@ __all__ = [
     "capture_outputs",
     "culprits",
     "figures",
+    "rank_culprits",
     "self_check",
     "warn_if_poor",
 ]

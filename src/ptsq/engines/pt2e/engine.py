@@ -17,8 +17,9 @@ from ptsq.engines.common import quiet, skip_reason, skip_targets
 from ptsq.engines.pt2e.artifact import is_pt2, load_program, save_program
 from ptsq.engines.pt2e.bias import BiasCorrection
 from ptsq.engines.pt2e.capture import capture
+from ptsq.engines.pt2e.layers import Pt2eFloatLayers
 from ptsq.engines.pt2e.passes import drop_unused_tensors, sink_dequantize
-from ptsq.engines.pt2e.precision import precision_map
+from ptsq.engines.pt2e.precision import precision_rows
 from ptsq.engines.pt2e.quantizer import import_torchao, make_quantizer, reduce_range
 from ptsq.engines.pt2e.runtime import CompiledProgram
 from ptsq.engines.pt2e.speed import slow_layers
@@ -86,7 +87,8 @@ class Pt2eEngine:
             if n := sink_dequantize(converted):
                 notes.append(f"clean-up: {n} data-movement ops run on int8 values")
             drop_unused_tensors(converted)
-        rows = precision_map(converted, skipped)
+        pairs = precision_rows(converted, skipped)
+        rows = [row for _node, row in pairs]
         converted = allow_exported_model_train_eval(converted)
         details: dict[str, Any] = {
             "capture": f"torch.export ({mode})",
@@ -98,7 +100,9 @@ class Pt2eEngine:
         if config.pt2e.compile:
             # the self-check then runs (and times the compile of) what users will run
             module = CompiledProgram(converted).eval()
-        return EngineResult(module=module, precision=rows, notes=notes, details=details, debug={"observed": observed})
+        # analyze and the accuracy budget put int8 layers back to fp32 through this, with no re-calibration
+        debug = {"observed": observed, "float_layers": Pt2eFloatLayers(converted, observed, pairs)}
+        return EngineResult(module=module, precision=rows, notes=notes, details=details, debug=debug)
 
     def save(self, result: EngineResult, path: Path, manifest_json: str, example_args: tuple[Any, ...]) -> nn.Module:
         module = result.module.program if isinstance(result.module, CompiledProgram) else result.module

@@ -98,7 +98,12 @@ def _reason(op: str) -> str:
 
 def precision_map(gm: fx.GraphModule, skipped: dict[str, str]) -> list[LayerPrecision]:
     """Which compute ops of the converted graph run in int8 (input dequantized from int8) or fp32."""
-    rows: list[LayerPrecision] = []
+    return [row for _node, row in precision_rows(gm, skipped)]
+
+
+def precision_rows(gm: fx.GraphModule, skipped: dict[str, str]) -> list[tuple[fx.Node, LayerPrecision]]:
+    """:func:`precision_map` with the graph node behind each row."""
+    rows: list[tuple[fx.Node, LayerPrecision]] = []
     seen: dict[str, int] = {}
     int8_nodes: set[str] = set()
     for node in gm.graph.nodes:
@@ -126,7 +131,7 @@ def precision_map(gm: fx.GraphModule, skipped: dict[str, str]) -> list[LayerPrec
             seen[name] = 0
         label = cls if mod else op
         if int8:
-            rows.append(LayerPrecision(name, label, "int8"))
+            rows.append((node, LayerPrecision(name, label, "int8")))
         else:
-            rows.append(LayerPrecision(name, label, "fp32", skip_reason(mod, skipped) or _reason(op)))
+            rows.append((node, LayerPrecision(name, label, "fp32", skip_reason(mod, skipped) or _reason(op))))
     return rows
