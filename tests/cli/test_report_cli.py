@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from ptsq import legacy
 from tests.cli.conftest import assert_clean_error, run_cli, spec
 
-pytestmark = pytest.mark.torch_ao  # the report's fixture runs analyze, which runs on the fx engine only
-
 COMMON = ("--preset", "imagenet", "--input-size", "32", "--num-calib", "16", "--batch-size", "4", "--speed-guard", "0")
+# the default engine's artifact: fx's TorchScript, or a .pt2 where torch.ao.quantization is gone
+ARTIFACT = "small.pt" if legacy.available() else "small.pt2"
 
 
 class Page(HTMLParser):
@@ -47,9 +48,15 @@ class Page(HTMLParser):
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, photo_dir, small_weights):
-    """One fx artifact and the JSON bench, eval and analyze print for it, each also with --report."""
+    """One artifact and the JSON bench, eval and analyze print for it, each also with --report."""
     d = tmp_path_factory.mktemp("report")
-    art = d / "small.pt"
+    art = d / ARTIFACT
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PTSQ_PT2E_EAGER", "1")  # a .pt2 runs uncompiled here (no inductor in the fast tier)
+        return _inputs(d, art, photo_dir, small_weights)
+
+
+def _inputs(d: Path, art: Path, photo_dir: Path, small_weights: Path) -> dict[str, Path]:
     q = run_cli("quantize", spec("SmallNet"), "--weights", small_weights, "--calib", photo_dir, "-o", art, *COMMON,
                 "--report", d / "quantize.html", "--json")  # fmt: skip
     assert q.code == 0, q.stderr
@@ -85,7 +92,7 @@ def test_html_holds_every_section_with_the_commands_figures(inputs, tmp_path):
                     "reproduce"):  # fmt: skip
         assert section in page.sections, section
     head = page.sections["headline"]
-    row = next(t for t in bench["timings"] if t["label"] == "small.pt")
+    row = next(t for t in bench["timings"] if t["label"] == ARTIFACT)
     assert f"{row['speedup']:.2f}x" in head  # the speed-up bench measured
     fp32 = next(t for t in bench["timings"] if t["kind"] == "fp32")
     assert f"{fp32['size_bytes'] / inputs['artifact'].stat().st_size:.2f}x smaller" in head
@@ -104,7 +111,7 @@ def test_html_holds_every_section_with_the_commands_figures(inputs, tmp_path):
     assert "layer SQNR dB" in page.sections["sensitivity"]  # the column is explained
     # the recipe: the exact quantize options recorded in the manifest
     recipe = page.sections["reproduce"]
-    assert "ptsq info small.pt --recipe > small.recipe.yaml" in recipe and "--config small.recipe.yaml" in recipe
+    assert f"ptsq info {ARTIFACT} --recipe > small.recipe.yaml" in recipe and "--config small.recipe.yaml" in recipe
     assert "ptsq quantize" in recipe and "--input-size 32x32" in recipe  # preprocessing: not in the recipe file
     assert "speed_guard: 0.0" in recipe and "num: 16" in recipe and "batch_size: 4" in recipe
     # self-contained: nothing to fetch, a policy that forbids fetching, no external style or script
@@ -116,7 +123,7 @@ def test_html_holds_every_section_with_the_commands_figures(inputs, tmp_path):
 def test_markdown_has_the_same_figures(inputs, tmp_path):
     md = _report(inputs, tmp_path / "r.md").read_text()
     bench = json.loads(inputs["bench"].read_text())
-    row = next(t for t in bench["timings"] if t["label"] == "small.pt")
+    row = next(t for t in bench["timings"] if t["label"] == ARTIFACT)
     assert md.startswith("<!-- ptsq report -->") and "## Headline" in md
     assert f"**speed-up: {row['speedup']:.2f}x**" in md
     assert "| model | kind | setting | median ms |" in md and "## Sensitivity ranking" in md and "```bash" in md
@@ -173,7 +180,7 @@ def test_report_in_headless_chromium(inputs, tmp_path):
         pytest.skip("Chromium not installed (apt-get install chromium; 'make test' does it)")
     out = _report(inputs, tmp_path / "r.html")
     bench = json.loads(inputs["bench"].read_text())
-    row = next(t for t in bench["timings"] if t["label"] == "small.pt")
+    row = next(t for t in bench["timings"] if t["label"] == ARTIFACT)
     with open_report(out) as (page, requests, errors):
         assert requests == [out.resolve().as_uri()], requests
         assert errors == [], errors
