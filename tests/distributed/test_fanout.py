@@ -38,6 +38,7 @@ def test_fan_out_isolates_failures_and_keeps_order(ray_cluster, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.torch_ao  # analyze on Ray sends FX models to workers (PT2E's programs do not pickle)
 def test_analyze_and_budget_on_ray_equal_single_process(ray_cluster, labelled):
     import ptsq
     from ptsq.analysis.budget import quantize_with_budget
@@ -62,6 +63,7 @@ def test_analyze_and_budget_on_ray_equal_single_process(ray_cluster, labelled):
 
 
 @pytest.mark.slow
+@pytest.mark.torch_ao  # analyze on Ray sends FX models to workers (PT2E's programs do not pickle)
 def test_cli_analyze_on_ray_same_ranking(ray_cluster, labelled, small_files):
     args = ("analyze", f"{MODELS}:SmallNet", "--weights", small_files["weights"], "--calib", labelled,
             "--preset", "unit", "--input-size", "32", "--num-calib", "24", "--batch-size", "8", "--speed-guard", "0",
