@@ -116,6 +116,32 @@ class Pt2eFloatLayers:
         gm.recompile()
         return gm
 
+    def speed_keys(self, args: tuple[Any, ...]) -> dict[str, tuple[Any, ...]]:
+        """Each layer's speed-verdict key (kind, channels, kernel, ..., its input shape on ``args``)."""
+        first: dict[str, str] = {}  # layer -> its first conv/linear call
+        for node_name, module in self._ops:
+            node = self._observed_nodes.get(node_name)
+            if module in self._names and module not in first and node is not None and op_name(node) in WEIGHTED:
+                first[module] = node_name
+        shapes: dict[str, torch.Tensor] = {}
+        taps = {}
+        for module, node_name in first.items():
+            src = self._observed_nodes[node_name].args[0]
+            if isinstance(src, fx.Node):
+                taps[src.name] = module
+        with torch.inference_mode():
+            _tapped(self.observed, taps, shapes)(*args)
+        keys = {}
+        for module, node_name in first.items():
+            node = self._observed_nodes[node_name]
+            weight = _unobserved(node.args[1]) if len(node.args) > 1 else None
+            if module not in shapes or not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
+                continue
+            key = _speed_key(node, _attribute(self.observed, str(weight.target)), tuple(shapes[module].shape))
+            if key is not None:
+                keys[module] = key
+        return keys
+
     def layer_outputs(
         self, names: Sequence[str], args: tuple[Any, ...]
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -127,6 +153,28 @@ class Pt2eFloatLayers:
             _tapped(self.observed, taps, ref)(*args)
             _tapped(self.converted, taps, got)(*args)
         return ref, got
+
+
+_CONV = {"conv1d": "Conv1d", "conv2d": "Conv2d"}
+
+
+def _speed_key(node: fx.Node, weight: torch.Tensor, shape: tuple[int, ...]) -> tuple[Any, ...] | None:
+    """The per-layer speed verdict's key (:mod:`ptsq.engines.pt2e.speed`) for a conv/linear call."""
+    op = op_name(node)
+    if op == "linear" and len(shape) == 2:
+        return ("Linear", int(weight.shape[1]), int(weight.shape[0]), shape)
+    if op not in _CONV:
+        return None
+    dims = weight.dim() - 2
+    rest = list(node.args[3:]) + [None] * 4
+    stride, padding, dilation, groups = (rest[i] if rest[i] is not None else d for i, d in enumerate((1, 0, 1, 1)))
+
+    def tup(v: Any) -> tuple[int, ...]:
+        return tuple(int(x) for x in v) if isinstance(v, (list, tuple)) else (int(v),) * dims
+
+    kernel = tuple(int(k) for k in weight.shape[2:])
+    cin, cout = int(weight.shape[1]) * int(groups), int(weight.shape[0])
+    return (_CONV[op], cin, cout, kernel, tup(stride), tup(padding), tup(dilation), int(groups), shape)
 
 
 def _float_value(graph: fx.Graph, value: Any, before: fx.Node) -> fx.Node | None:

@@ -47,6 +47,12 @@ def _key(mod: nn.Module, shape: tuple[int, ...]) -> tuple[Any, ...]:
 
 
 def _conv_ratio(key: tuple[Any, ...]) -> float:
+    i8, fp = conv_times(key)
+    return i8 / max(fp, 1e-6)
+
+
+def conv_times(key: tuple[Any, ...]) -> tuple[float, float]:
+    """(int8 ms, fp32 ms plus the dequantize/quantize an fp32 island adds) of one conv configuration."""
     kind, cin, cout, kernel, stride, padding, dilation, groups, shape = key
     if kind == "Conv1d":  # oneDNN runs 1-d convs as 2-d with height 1
         kernel, stride, padding, dilation = (1, *kernel), (1, *stride), (0, *padding), (1, *dilation)
@@ -67,10 +73,16 @@ def _conv_ratio(key: tuple[Any, ...]) -> float:
     def fp32() -> Any:
         return torch.nn.functional.conv2d(x, w, b, stride, padding, dilation, groups)
 
-    return _ratio(int8, fp32, qx, y, x.numel())
+    return _times(int8, fp32, qx, y, x.numel())
 
 
 def _linear_ratio(key: tuple[Any, ...]) -> float:
+    i8, fp = linear_times(key)
+    return i8 / max(fp, 1e-6)
+
+
+def linear_times(key: tuple[Any, ...]) -> tuple[float, float]:
+    """(int8 ms, fp32 ms plus the island's dequantize/quantize) of one linear configuration."""
     _, cin, cout, shape = key
     x = torch.randn(shape)
     w, b = torch.randn(cout, cin), torch.randn(cout)
@@ -86,17 +98,17 @@ def _linear_ratio(key: tuple[Any, ...]) -> float:
     def fp32() -> Any:
         return torch.nn.functional.linear(x, w, b)
 
-    return _ratio(int8, fp32, qx, y, x.numel())
+    return _times(int8, fp32, qx, y, x.numel())
 
 
-def _ratio(int8: Any, fp32: Any, qx: torch.Tensor, y: torch.Tensor, numel: int) -> float:
+def _times(int8: Any, fp32: Any, qx: torch.Tensor, y: torch.Tensor, numel: int) -> tuple[float, float]:
     def island() -> Any:  # what keeping the layer fp32 adds around it: dequantize its input, quantize its output
         (qx.float() - 128) * 0.02
         return torch.clamp(torch.round(y / 0.05), 0, 255).to(torch.uint8)
 
     with torch.inference_mode():
         i8, fp, isl = _min_ms([int8, fp32, island], 15 if numel < 2_000_000 else 5)
-    return i8 / max(fp + isl, 1e-6)
+    return i8, fp + isl
 
 
 def _dynamic_ratio(key: tuple[Any, ...]) -> float:
