@@ -243,3 +243,55 @@ def test_analyze_refuses_what_it_cannot_do_before_quantizing():
         analyze(torch.nn.Conv2d(3, 3, 1), iter(()), config=QuantConfig(engine="onnx"))
     with pytest.raises(ConfigError, match="on Ray runs on the fx engine only"):
         analyze(torch.nn.Conv2d(3, 3, 1), iter(()), config=_config(), ray="auto")
+
+
+def test_speed_check_hooks_move_pt2e_layers_to_fp32_and_the_artifact_keeps_them(tmp_path, monkeypatch):
+    from ptsq.engines import get_engine
+    from ptsq.modes.speed import REASON
+
+    torch.manual_seed(0)
+    model = randomize_bn(_Tokens()).eval()
+    calib = _batches((4, 3, 4, 4))
+    qm = ptsq.quantize(model, calib, config=_config(), progress=False)
+    engine, result, x = get_engine("pt2e"), qm.result, calib[0][:1]
+    timings = engine.layer_times(result, (x,), 1)
+    # every int8 conv and 2-d linear, timed at its real input shape (mix.q/k/head take 3-d inputs)
+    assert [t.name for t in timings] == ["stem.0", "again"] and all(t.int8_ms > 0 and t.fp32_ms > 0 for t in timings)
+    assert timings[1].input_shape == [1, 8, 4, 4]
+    layers = result.debug["float_layers"]
+    with torch.inference_mode():
+        before = result.module(x)
+        assert engine.keep_fp32(result, timings[1:], REASON, 1) == ["again"]
+        after = result.module(x)
+        assert torch.equal(after, layers.with_float(["again"])(x)) and not torch.equal(after, before)
+        engine.keep_fp32(result, timings[:1], REASON, 1)  # a second round adds to the first
+        assert torch.equal(result.module(x), layers.with_float(["again", "stem.0"])(x))
+    rows = {r.name: r for r in result.precision}
+    assert rows["again"].precision == rows["again#1"].precision == rows["stem.0"].precision == "fp32"
+    assert "slower than fp32 inside the model" in rows["again"].reason
+    assert rows["head"].precision == "int8"
+    monkeypatch.setenv("PTSQ_PT2E_EAGER", "1")
+    art = ptsq.load(qm.save(tmp_path / "moved.pt2"))
+    with torch.inference_mode():
+        torch.testing.assert_close(art(x), result.module(x), atol=1e-5, rtol=1e-5)
+    # the speed check times only what users run: without inductor here, it says so instead of timing
+    assert qm.manifest["speed"]["verdict"] == "not checked" and "no deployable form" in qm.manifest["speed"]["why"]
+
+
+@pytest.mark.slow  # inductor compiles twice: the program quantize self-checks, and the .pt2 loaded back
+def test_speed_check_times_the_pt2_as_loaded():
+    from ptsq.engines import get_engine
+    from ptsq.engines.pt2e import CompiledProgram
+
+    torch.manual_seed(0)
+    model = randomize_bn(_Tokens()).eval()
+    calib = _batches((8, 3, 4, 4), n=6)
+    qm = ptsq.quantize(model, calib, config=QuantConfig(engine="pt2e", speed_guard=0), progress=False)
+    speed = qm.manifest["speed"]
+    assert speed["verdict"] in ("faster", "slower") and speed["pairs"][0]["runs"] >= 5, speed
+    assert speed["int8"] == "the saved pt2e artifact, loaded back"
+    loaded = get_engine("pt2e").deployed(qm.result)
+    assert isinstance(loaded, CompiledProgram) and loaded.program is not qm.result.module.program
+    x = calib[0][:1]
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), qm.result.module(x), atol=1e-5, rtol=1e-5)

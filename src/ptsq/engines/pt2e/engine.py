@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,16 +13,17 @@ from torch import nn
 
 from ptsq.config import QuantConfig
 from ptsq.engines import register
-from ptsq.engines.base import EngineResult
+from ptsq.engines.base import EngineResult, LayerTiming
 from ptsq.engines.common import quiet, skip_reason, skip_targets
 from ptsq.engines.pt2e.artifact import is_pt2, load_program, save_program
 from ptsq.engines.pt2e.bias import BiasCorrection
 from ptsq.engines.pt2e.capture import capture
+from ptsq.engines.pt2e.hooks import keep_fp32, layer_times
 from ptsq.engines.pt2e.layers import Pt2eFloatLayers
 from ptsq.engines.pt2e.passes import drop_unused_tensors, sink_dequantize
 from ptsq.engines.pt2e.precision import precision_rows
 from ptsq.engines.pt2e.quantizer import import_torchao, make_quantizer, reduce_range
-from ptsq.engines.pt2e.runtime import CompiledProgram
+from ptsq.engines.pt2e.runtime import CompiledProgram, eager_only
 from ptsq.engines.pt2e.speed import slow_layers
 from ptsq.errors import QuantizationError, first_line
 
@@ -101,7 +103,9 @@ class Pt2eEngine:
             # the self-check then runs (and times the compile of) what users will run
             module = CompiledProgram(converted).eval()
         # analyze and the accuracy budget put int8 layers back to fp32 through this, with no re-calibration
-        debug = {"observed": observed, "float_layers": Pt2eFloatLayers(converted, observed, pairs)}
+        debug = {
+            "observed": observed, "float_layers": Pt2eFloatLayers(converted, observed, pairs), "example": example_args
+        }  # fmt: skip
         return EngineResult(module=module, precision=rows, notes=notes, details=details, debug=debug)
 
     def save(self, result: EngineResult, path: Path, manifest_json: str, example_args: tuple[Any, ...]) -> nn.Module:
@@ -115,3 +119,25 @@ class Pt2eEngine:
     def load(self, path: Path) -> tuple[nn.Module, str]:
         program, manifest = load_program(path)
         return CompiledProgram(program).eval(), manifest
+
+    # --- the whole-model speed check's hooks (ptsq.engines.base.SpeedHooks; see .hooks)
+    def deployed(self, result: EngineResult) -> nn.Module | None:
+        """What the speed check times: the program saved as a .pt2 and loaded back, compiled on its first call
+        as a user's load compiles it. None when nothing compiled runs here (``pt2e.compile`` off, or
+        ``PTSQ_PT2E_EAGER``): the reference kernels would time what no user runs."""
+        if not isinstance(result.module, CompiledProgram) or eager_only():
+            return None
+        with tempfile.TemporaryDirectory(prefix="ptsq-pt2e-speed-") as d:
+            path = Path(d) / "int8.pt2"
+            self.save(result, path, "{}", result.debug["example"])
+            module, _ = self.load(path)
+        return module
+
+    def fix_layout(self, result: EngineResult, example_args: tuple[Any, ...], threads: int) -> list[str]:
+        return []  # inductor lays the compiled program's tensors out itself
+
+    def layer_times(self, result: EngineResult, example_args: tuple[Any, ...], threads: int) -> list[LayerTiming]:
+        return layer_times(result, example_args, threads)
+
+    def keep_fp32(self, result: EngineResult, layers: list[LayerTiming], reason: str, threads: int) -> list[str]:
+        return keep_fp32(result, layers, reason)
