@@ -16,6 +16,9 @@ from ptsq.errors import SpeedWarning
 from tests.cli.conftest import run_cli, spec
 from tests.models import IslandNet, SlowDepthwise
 
+# FX's cases: fbgemm's slow depthwise kernel, FX's fp32-island layouts (PT2E's hooks: tests/integration/test_pt2e.py)
+pytestmark = pytest.mark.torch_ao
+
 x86 = pytest.mark.skipif(
     torch.backends.quantized.engine not in ("x86", "fbgemm"), reason="the slow int8 kernel is fbgemm's (x86)"
 )
