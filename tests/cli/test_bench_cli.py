@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ptsq import legacy
 from tests.cli.conftest import assert_clean_error, run_cli, spec
 from tests.colour_data import class_folders
 
@@ -88,7 +89,7 @@ def test_fp32_runtimes_are_timed_beside_eager_and_int8_is_shown_against_the_fast
                   "--no-memory", "--json")  # fmt: skip
     assert res.code == 0, res.stderr
     t = json.loads(res.stdout)["timings"]
-    assert [r["kind"] for r in t] == ["fp32", "fp32 (onnxruntime)", "int8 (fx)"]
+    assert [r["kind"] for r in t] == ["fp32", "fp32 (onnxruntime)", f"int8 ({legacy.default_engine()})"]
     best = min((r for r in t if r["kind"].startswith("fp32")), key=lambda r: r["median_ms"])
     for r in t:
         assert r["best_fp32"] == best["label"]

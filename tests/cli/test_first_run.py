@@ -95,6 +95,7 @@ def test_the_cli_app_and_every_help_import_no_torch():
     assert loaded == "]", f"imported by the CLI before any command ran: {loaded}"
 
 
+@pytest.mark.torch_ao  # an FX (TorchScript) artifact: its zip layout and engine name
 def test_info_reads_the_manifest_without_torch(fx_artifact):
     code = (
         "import json, sys\n"
@@ -140,6 +141,7 @@ def test_manifest_reader_on_onnx_as_the_onnx_package_writes_it(tmp_path):
         read_manifest(path)
 
 
+@pytest.mark.torch_ao  # an FX (TorchScript) artifact: its zip layout and engine name
 def test_manifest_reader_refuses_a_damaged_zip_member(fx_artifact, tmp_path):
     """A flipped byte inside the model's data is caught by the member's CRC, without loading the model."""
     with zipfile.ZipFile(fx_artifact) as zf:
