@@ -86,7 +86,8 @@ def test_pt2e_engine_quantize_info_bench(model, photo_dir, tmp_path):
     torch.save(randomize_bn(SmallNet() if model == "SmallNet" else FaceNet()).state_dict(), w)
     out = tmp_path / "m.pt2"
     data = json.loads(_quantize("pt2e", model, w, photo_dir, out, "--json").stdout)
-    assert data["engine"] == "pt2e" and data["check"]["passed"]
+    # the test folder holds fewer images than a verdict needs: figures without GOOD/POOR, never POOR
+    assert data["engine"] == "pt2e" and data["check"]["passed"] is not False, data["check"]
     assert data["check"]["sqnr_db"] > 20.0 and data["compile_seconds"] > 0  # reported, not in the manifest
     info = json.loads(run_cli("info", out, "--json").stdout)
     assert "compile_seconds" not in info["details"]
