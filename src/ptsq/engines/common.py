@@ -1,10 +1,11 @@
-"""What every engine shares: skip rules resolved to layers, a quiet context for torch's warnings, numpy inputs."""
+"""What every engine shares: skip rules resolved to layers, a quiet context for torch's warnings, numpy inputs,
+one forward pass with hooks on some modules."""
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -77,3 +78,38 @@ def to_numpy(args: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 __all__ = ["outermost", "quiet", "reduce_range", "skip_reason", "skip_targets", "to_numpy"]
+
+
+def run_with_hooks(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    forward: dict[nn.Module, Callable[..., Any]] | None = None,
+    pre: dict[nn.Module, Callable[..., Any]] | None = None,
+) -> None:
+    """``model(*args)`` once, without autograd, with forward (``pre``: forward-pre) hooks on some modules;
+    the hooks are gone afterwards, whatever happened."""
+    handles = [m.register_forward_hook(f) for m, f in (forward or {}).items()]
+    handles += [m.register_forward_pre_hook(f) for m, f in (pre or {}).items()]
+    try:
+        with torch.inference_mode():
+            model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def input_shapes(
+    model: nn.Module, args: tuple[Any, ...], keep: Callable[[str, nn.Module], bool]
+) -> dict[str, tuple[int, ...]]:
+    """Shape of the first input each kept submodule sees (its first call) when ``model`` runs ``args``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def note(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, inputs: Any, _o: Any) -> None:
+            if inputs and isinstance(inputs[0], torch.Tensor):
+                shapes.setdefault(name, tuple(inputs[0].shape))
+
+        return hook
+
+    run_with_hooks(model, args, {m: note(n) for n, m in model.named_modules() if keep(n, m)})
+    return shapes

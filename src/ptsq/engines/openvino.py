@@ -44,7 +44,7 @@ from torch import nn
 from ptsq.config import QuantConfig
 from ptsq.engines import register
 from ptsq.engines.base import EngineResult, LayerPrecision
-from ptsq.engines.common import skip_reason, skip_targets, to_numpy
+from ptsq.engines.common import run_with_hooks, skip_reason, skip_targets, to_numpy
 from ptsq.errors import QuantizationError, TraceError, first_line
 from ptsq.machine import has_vnni
 
@@ -90,22 +90,15 @@ def _conv_behind_norm(model: nn.Module, example_args: tuple[Any, ...]) -> dict[s
     """
     produced: dict[int, str] = {}
     found: dict[str, str] = {}
-    hooks = []
+    hooks: dict[nn.Module, Any] = {}
     for name, mod in model.named_modules():
         if isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
-            hooks.append(mod.register_forward_hook(lambda m, i, o, n=name: produced.__setitem__(id(o), n)))
+            hooks[mod] = lambda m, i, o, n=name: produced.__setitem__(id(o), n)
         elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            hooks.append(
-                mod.register_forward_hook(
-                    lambda m, i, o, n=name: found.__setitem__(n, produced[id(i[0])]) if id(i[0]) in produced else None
-                )
+            hooks[mod] = lambda m, i, o, n=name: (
+                found.__setitem__(n, produced[id(i[0])]) if id(i[0]) in produced else None
             )
-    try:
-        with torch.inference_mode():
-            model(*example_args)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_with_hooks(model, example_args, hooks)
     return found
 
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from ptsq.config import QuantConfig
 from ptsq.engines.base import EngineResult
+from ptsq.engines.common import run_with_hooks
 from ptsq.errors import QuantizationWarning
 from ptsq.fidelity import Fidelity, compare, flatten_outputs, sqnr_db
 
@@ -25,22 +26,16 @@ MIN_AGREEMENT_SAMPLES = MIN_VERDICT_SAMPLES  # the name earlier versions exporte
 def capture_outputs(model: nn.Module, names: Sequence[str], args: tuple[Any, ...]) -> dict[str, torch.Tensor]:
     """The first output tensor of each named submodule when ``model`` runs ``args``."""
     outs: dict[str, torch.Tensor] = {}
-    hooks = []
-    for name in names:
-        mod = model.get_submodule(name)
 
-        def hook(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
+    def keep(name: str) -> Any:
+        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
             tensors = flatten_outputs(out)
             if tensors:
                 outs[name] = tensors[0].detach().float().clone()  # in-place activations follow
 
-        hooks.append(mod.register_forward_hook(hook))
-    try:
-        with torch.inference_mode():
-            model(*args)
-    finally:
-        for h in hooks:
-            h.remove()
+        return hook
+
+    run_with_hooks(model, args, {model.get_submodule(n): keep(n) for n in names})
     return outs
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ptsq.algorithms.keep_float import KeepFloat
+from ptsq.engines.common import run_with_hooks
 
 _LEAVES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -103,20 +104,15 @@ def _float_convs(model: nn.Module) -> dict[str, nn.Module]:
 
 def _inputs_of(model: nn.Module, convs: dict[str, nn.Module], args: tuple[Any, ...]) -> dict[str, torch.Tensor]:
     seen: dict[str, torch.Tensor] = {}
-    hooks = []
-    for name, mod in convs.items():
 
-        def pre(_m: nn.Module, inputs: Any, name: str = name) -> None:
+    def keep(name: str) -> Any:
+        def pre(_m: nn.Module, inputs: Any) -> None:
             if name not in seen and inputs and isinstance(inputs[0], torch.Tensor) and not inputs[0].is_quantized:
                 seen[name] = inputs[0].detach().clone(memory_format=torch.preserve_format)
 
-        hooks.append(mod.register_forward_pre_hook(pre))
-    try:
-        with torch.inference_mode():
-            model(*args)
-    finally:
-        for h in hooks:
-            h.remove()
+        return pre
+
+    run_with_hooks(model, args, pre={mod: keep(name) for name, mod in convs.items()})
     return seen
 
 

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ptsq.cache import read_json, write_json
+from ptsq.engines.common import input_shapes
 from ptsq.machine import load_per_core, machine_info
 
 _TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -192,22 +193,7 @@ def slow_layers(
 ) -> dict[str, str]:
     """Qualified names of layers whose int8 kernel is over ``margin`` times slower than fp32 at any of
     ``threads``, with why."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    hooks = []
-    for name, mod in model.named_modules():
-        if type(mod) in _TYPES:
-
-            def hook(_m: nn.Module, inputs: Any, _o: Any, name: str = name) -> None:
-                if inputs and isinstance(inputs[0], torch.Tensor):
-                    shapes.setdefault(name, tuple(inputs[0].shape))
-
-            hooks.append(mod.register_forward_hook(hook))
-    try:
-        with torch.inference_mode():
-            model(*example_args)
-    finally:
-        for h in hooks:
-            h.remove()
+    shapes = input_shapes(model, example_args, lambda _n, m: type(m) in _TYPES)
     slow: dict[str, str] = {}
     for name, shape in shapes.items():
         try:

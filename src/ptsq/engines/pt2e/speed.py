@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ptsq.cache import read_json, write_json
+from ptsq.engines.common import input_shapes
 
 STORE = "pt2e_speed.json"
 _TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -166,23 +167,7 @@ def verdict(key: tuple[Any, ...], margin: float) -> float:
 def _input_shapes(
     model: nn.Module, example_args: tuple[Any, ...], types: tuple[type, ...]
 ) -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {}
-    hooks = []
-    for name, mod in model.named_modules():
-        if isinstance(mod, types) and name:
-
-            def hook(_m: nn.Module, inputs: Any, _o: Any, name: str = name) -> None:
-                if inputs and isinstance(inputs[0], torch.Tensor):
-                    shapes.setdefault(name, tuple(inputs[0].shape))
-
-            hooks.append(mod.register_forward_hook(hook))
-    try:
-        with torch.inference_mode():
-            model(*example_args)
-    finally:
-        for h in hooks:
-            h.remove()
-    return shapes
+    return input_shapes(model, example_args, lambda n, m: bool(n) and isinstance(m, types))
 
 
 def slow_dynamic_linears(model: nn.Module, example_args: tuple[Any, ...], margin: float) -> dict[str, str]:
