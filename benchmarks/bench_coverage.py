@@ -46,7 +46,7 @@ RESULTS = HERE / "results" / "coverage.json"
 REPORT = HERE.parent / "COVERAGE.md"
 SMALL = 64  # input side for models that take any size: keeps the suite within an hour on 2 cores
 # the product default (QuantConfig.speed_guard) unless --speed-guard says otherwise (0 = off)
-_SETTINGS: dict[str, float] = {"speed_guard": 1.5}
+_SETTINGS: dict[str, float] = {"speed_guard": 1.5, "speed_check": 1.0}
 MAX_PARAMS_M = 50.0  # larger models are listed as not run (time and memory budget), never dropped
 
 # timm: one or two architectures per family, random weights (pretrained=False)
@@ -262,7 +262,8 @@ def run_one(e: Entry) -> dict[str, Any]:
         with torch.inference_mode():
             ref = model(*fixed)
         stage = "quantize"
-        qm = ptsq.quantize(model, calib, progress=False, config=QuantConfig(speed_guard=_SETTINGS["speed_guard"]))
+        cfg = QuantConfig(speed_guard=_SETTINGS["speed_guard"], speed={"check": bool(_SETTINGS["speed_check"])})
+        qm = ptsq.quantize(model, calib, progress=False, config=cfg)
         rec["quantize_s"] = round(time.perf_counter() - t0, 1)
         counts = qm.summary()["layers"]
         rec["layers"] = counts
@@ -313,9 +314,10 @@ def _child(e: Entry, conn: Any) -> None:
         conn.close()
 
 
-def run_entry(e: Entry, speed_guard: float) -> dict[str, Any]:
+def run_entry(e: Entry, speed_guard: float, speed_check: bool = True) -> dict[str, Any]:
     """:func:`run_one` in a Ray worker, which has not parsed this script's options."""
     _SETTINGS["speed_guard"] = speed_guard
+    _SETTINGS["speed_check"] = float(speed_check)
     return run_one(e)
 
 
@@ -334,7 +336,7 @@ def run_on_ray(todo: list[Entry], args: Any, record: Any) -> None:
     with Cluster(args.ray, args.workers, ship=[HERE]) as cluster:  # workers import this package
         print(f"ray: {cluster.describe()} (connected in {time.perf_counter() - t0:.1f} s), {cluster.slots()} model(s)"
               " at once", file=sys.stderr, flush=True)  # fmt: skip
-        jobs = [(e.key, (e, args.speed_guard)) for e in todo]
+        jobs = [(e.key, (e, args.speed_guard, not args.no_speed_check)) for e in todo]
         fan_out(run_entry, jobs, cluster, timeout=args.timeout, retries=1, on_result=done)
 
 
@@ -436,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--speed-guard", type=float, default=None, help="QuantConfig.speed_guard (default: ptsq's; 0 = off)"
     )
+    ap.add_argument(
+        "--no-speed-check", action="store_true", help="skip quantize's whole-model speed check (speed.check=False)"
+    )
     ap.add_argument("--jobs", type=int, default=1, help="models measured at once (each at 1 thread)")
     ap.add_argument("--ray", default=None, help="run the models as Ray tasks: auto (a local instance) or HOST:PORT")
     ap.add_argument("--workers", type=int, default=None, help="with --ray: models at once (default: every CPU)")
@@ -454,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.speed_guard is None:
         args.speed_guard = QuantConfig().speed_guard
     _SETTINGS["speed_guard"] = args.speed_guard
+    _SETTINGS["speed_check"] = float(not args.no_speed_check)
     if args.merge:
         data = load_results()
         rows = {r["key"]: r for r in data["rows"]}

@@ -299,8 +299,10 @@ def part_coverage(args: Any, work: Path) -> list[list[Any]]:
     ):
         out = work / f"coverage_{len(runs)}.json"
         t0 = time.perf_counter()
+        # no timing may decide what is quantized (speed guard, speed check), or rows could not be compared
         subprocess.run([sys.executable, "-m", "benchmarks.bench_coverage", "--limit", str(limit), "--results",
-                        str(out), *extra], check=True, env=_env(), cwd=ROOT)  # fmt: skip
+                        str(out), "--speed-guard", "0", "--no-speed-check", *extra], check=True, env=_env(),
+                       cwd=ROOT)  # fmt: skip
         runs[label] = (time.perf_counter() - t0, json.loads(out.read_text())["rows"])
         _log(f"coverage {label}: {runs[label][0]:.0f} s ({_load()})")
         cov_load[label] = f"load {os.getloadavg()[0]:.1f}"
