@@ -235,14 +235,19 @@ def _onnx(
     qmodel, rows, details, notes, fp32_onnx = quantize_onnx_dynamic(model, example, config, layers, fallback)
     sims = per_sample_cosine(model, qmodel, checks)
     budget = config.dynamic.min_cosine
-    if budget and float(sims.mean()) < budget:
-        notes.append(
-            f"mean cosine {float(sims.mean()):.4f} is below the budget {budget}; the onnx engine "
-            "does not put layers back to fp32 (use --engine fx, or keep layers fp32 with --skip)"
-        )
+    _say_below_budget(notes, sims, budget, "onnx", "use --engine fx, or keep layers fp32 with --skip")
     details = {**details, "min_cosine": budget or None}
     debug = {"fp32_onnx": fp32_onnx}  # the exported fp32 model, for baselines
     return EngineResult(module=qmodel, precision=rows, notes=notes, details=details, debug=debug), sims
+
+
+def _say_below_budget(notes: list[str], sims: torch.Tensor, budget: float, engine: str, hint: str) -> None:
+    """Engines without the greedy fp32 fallback only say when the cosine budget is missed."""
+    if budget and float(sims.mean()) < budget:
+        notes.append(
+            f"mean cosine {float(sims.mean()):.4f} is below the budget {budget}; the {engine} engine "
+            f"does not put layers back to fp32 ({hint})"
+        )
 
 
 def _pt2e(
@@ -255,11 +260,7 @@ def _pt2e(
     qmodel, rows, details, notes = quantize_pt2e_dynamic(model, example, config, layers, fallback)
     sims = per_sample_cosine(model, qmodel, checks)
     budget = config.dynamic.min_cosine
-    if budget and float(sims.mean()) < budget:
-        notes.append(
-            f"mean cosine {float(sims.mean()):.4f} is below the budget {budget}; the pt2e engine "
-            "does not put layers back to fp32 (keep layers fp32 with --skip)"
-        )
+    _say_below_budget(notes, sims, budget, "pt2e", "keep layers fp32 with --skip")
     return EngineResult(module=qmodel, precision=rows, notes=notes, details={**details, "min_cosine": budget}), sims
 
 
