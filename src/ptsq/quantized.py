@@ -86,11 +86,11 @@ class QuantizedModel:
             **self.stats,
         }
 
-    def _compile_time(self) -> dict[str, float]:
-        """Seconds the first compile took (engines that compile: PT2E's inductor); kept out of the manifest,
-        whose content must not change with the machine's load."""
+    def _compile_time(self) -> dict[str, Any]:
+        """Seconds the first compile took and its route (engines that compile: PT2E's inductor); kept out of the
+        manifest, whose content must not change with the machine's load."""
         seconds = getattr(self.module, "compile_seconds", None)
-        return {"compile_seconds": seconds} if seconds else {}
+        return {"compile_seconds": seconds, "compile_route": getattr(self.module, "route", None)} if seconds else {}
 
 
 class ArtifactModel(nn.Module):

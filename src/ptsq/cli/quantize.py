@@ -337,7 +337,8 @@ def render(console: Console, d: dict[str, Any]) -> None:
     t.add_row("int8 vs fp32", verdict.get(c.get("verdict", ""), "") + figures(c) + f" ({c.get('output', '?')})")
     if d.get("speed"):
         t.add_row("speed", _speed(d["speed"]))
-    compiled = f" (compile {d['compile_seconds']} s)" if d.get("compile_seconds") else ""
+    route = f", {d['compile_route']}" if d.get("compile_route") else ""
+    compiled = f" (compile {d['compile_seconds']} s{route})" if d.get("compile_seconds") else ""
     t.add_row("time", f"{d['seconds']} s{compiled}")
     console.print(t)
     if d["fp32_layers"]:

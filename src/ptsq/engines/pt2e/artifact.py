@@ -7,8 +7,9 @@ PyTorch loads it without ptsq or the model's code::
     y = ep.module()(x)                            # reference kernels: right, slow
 
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # registers the int8 lowering
+    static = torch.export.export(ep.module(), (x,), strict=False).module()  # at x's shapes: C++ wrapper
     with torch.no_grad():                          # freezing (inference only) prepacks the int8 weights
-        fast = torch._inductor.compile(ep.module(), [x], {"freezing": True})
+        fast = torch._inductor.compile(static, [x], {"freezing": True, "cpp_wrapper": True})
 
 The manifest (``extra/ptsq_manifest.json``) records ``program_sha256``, a digest of the program's graph
 and tensors: a program edited after it was written is refused before it is deserialised, as is a

@@ -4,10 +4,15 @@ The program is compiled straight from its aten graph (``torch._inductor.compile`
 ``torch.compile``: no Dynamo frame, so no guard evaluation on every call (0.4 ms per call on
 MobileNetV2, 8% of its int8 run time). Freezing is on (weights become constants and are prepacked
 for oneDNN; without it the int8 graph is slower than fp32). The wrapper's per-op size and alignment
-asserts are off (their Python costs ~2-8% of a MobileNetV2 call). The C++ wrapper (``cpp_wrapper``)
-was not faster here (MobileNetV2 1.31x FX's time vs 1.25x, thread CPU time) and compiles 3x longer.
-One compile per input signature (shapes and dtypes), kept on the module; a new batch size compiles
-once more.
+asserts are off (their Python costs ~2-8% of a MobileNetV2 call).
+
+Each input signature (shapes and dtypes) gets its own compile, kept on the module: the program is
+exported again at those static shapes and compiled with inductor's C++ wrapper. The Python wrapper
+costs ~10 us per int8 op (~0.5 ms of a 5 ms MobileNetV2 call at 1 thread; it was most of PT2E's gap
+to FX's TorchScript), and the C++ wrapper needs static shapes (on the saved program, whose every
+dimension is dynamic, it fails in torch 2.14). A program that cannot be exported again or compiled
+this way runs through the Python wrapper on the dynamic program, as before (``route`` says which;
+``PTSQ_PT2E_PYTHON_WRAPPER=1`` asks for it).
 
 Inductor cannot cache a frozen graph across processes in torch 2.14 (the prepacked oneDNN weights are
 not picklable: its graph cache reports "mkldnn tensors unpickleable"), so each load compiles again;
@@ -29,6 +34,7 @@ import torch
 from torch import nn
 
 NO_COMPILE_ENV = "PTSQ_PT2E_EAGER"  # =1: run loaded programs without inductor (no C++ compiler, debugging)
+PYTHON_WRAPPER_ENV = "PTSQ_PT2E_PYTHON_WRAPPER"  # =1: skip the static-shape C++ wrapper route
 INDUCTOR_OPTIONS: dict[str, Any] = {
     "freezing": True,
     "size_asserts": False,
@@ -45,8 +51,12 @@ def cache_dir() -> Path:
     return cache_root() / "inductor"
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
 def eager_only() -> bool:
-    return os.environ.get(NO_COMPILE_ENV, "") not in ("", "0")
+    return _flag(NO_COMPILE_ENV)
 
 
 def _dispatch_mode_active() -> bool:
@@ -71,6 +81,7 @@ class CompiledProgram(nn.Module):
         # not a registered submodule: .eval()/.train() on exported graphs raise, and they hold no training state
         object.__setattr__(self, "program", program)
         self.compile_seconds: float | None = None  # the first compile
+        self.route: str | None = None  # the first compile's: "static shapes, C++ wrapper" or why not
         self._compiled: dict[tuple[Any, ...], Any] = {}
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -88,32 +99,52 @@ class CompiledProgram(nn.Module):
 
     def compile_now(self, args: tuple[Any, ...]) -> float:
         """Compile for inputs like ``args`` now; returns the seconds it took."""
-        from torch._inductor import compile as inductor_compile
-
         from ptsq.engines.pt2e.quantizer import import_torchao
+        from ptsq.errors import first_line
 
         import_torchao()  # torchao registers inductor's int8 lowering (qconv/qlinear) at import
         cache = cache_dir()
         cache.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
         t0 = time.perf_counter()
-        graph = getattr(self.program, "graph", None)
-        codegen = getattr(graph, "_codegen", None)
-        attributes = set(vars(self.program))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                with torch.no_grad():  # freezing applies to inference graphs only
-                    fn = inductor_compile(self.program, list(args), dict(INDUCTOR_OPTIONS))
-                    fn(*args)
-            finally:  # inductor edits the program in place; undo it so that it can compile again and be saved
-                for name in set(vars(self.program)) - attributes:  # _param_name_to_source breaks a second compile
-                    delattr(self.program, name)
-                if graph is not None and graph._codegen is not codegen:  # pytree inputs/outputs flattened
-                    graph._codegen = codegen
-                    self.program.recompile()
+                fn, route = self._compile_static(args), "static shapes, C++ wrapper"
+            except Exception as exc:  # never worse than the plain route: the dynamic program, Python wrapper
+                fn, route = self._compile_dynamic(args), f"Python wrapper ({first_line(exc, 160)})"
         seconds = round(time.perf_counter() - t0, 2)
         self._compiled[_signature(args)] = fn
         if self.compile_seconds is None:
-            self.compile_seconds = seconds
+            self.compile_seconds, self.route = seconds, route
         return seconds
+
+    def _compile_static(self, args: tuple[Any, ...]) -> Any:
+        from torch._inductor import compile as inductor_compile
+
+        if _flag(PYTHON_WRAPPER_ENV):
+            raise RuntimeError(f"{PYTHON_WRAPPER_ENV} is set")
+        # strict=False: the program is already aten; a fresh export only fixes its shapes to these inputs
+        static = torch.export.export(self.program, tuple(args), strict=False).module()
+        with torch.no_grad():  # freezing applies to inference graphs only
+            fn = inductor_compile(static, list(args), {**INDUCTOR_OPTIONS, "cpp_wrapper": True})
+            fn(*args)
+        return fn
+
+    def _compile_dynamic(self, args: tuple[Any, ...]) -> Any:
+        from torch._inductor import compile as inductor_compile
+
+        graph = getattr(self.program, "graph", None)
+        codegen = getattr(graph, "_codegen", None)
+        attributes = set(vars(self.program))
+        try:
+            with torch.no_grad():
+                fn = inductor_compile(self.program, list(args), dict(INDUCTOR_OPTIONS))
+                fn(*args)
+        finally:  # inductor edits the program in place; undo it so that it can compile again and be saved
+            for name in set(vars(self.program)) - attributes:  # _param_name_to_source breaks a second compile
+                delattr(self.program, name)
+            if graph is not None and graph._codegen is not codegen:  # pytree inputs/outputs flattened
+                graph._codegen = codegen
+                self.program.recompile()
+        return fn
