@@ -140,17 +140,30 @@ def _dynamic_ratio(key: tuple[Any, ...]) -> float:
 
 
 @functools.cache
-def _machine() -> str:
+def _cpu() -> str:
     from ptsq.bench import machine_info
 
     m = machine_info()
-    return f"{m['cpu']} | {' '.join(m['isa'])} | torch {m['torch']} | {torch.get_num_threads()} threads | pt2e v1"
+    return f"{m['cpu']} | {' '.join(m['isa'])} | torch {m['torch']}"
+
+
+def _machine() -> str:  # the thread count is read on every call: a process may change it between quantizes
+    return f"{_cpu()} | {torch.get_num_threads()} threads | pt2e v1"
+
+
+def verdict(key: tuple[Any, ...], margin: float) -> float:
+    """int8/fp32 time of one layer configuration, measured once per machine and thread count."""
+    return _verdict(_machine(), key, margin)
+
+
+def forget() -> None:
+    """Forget the verdicts this process has read or measured (the file keeps them)."""
+    _verdict.cache_clear()
 
 
 @functools.lru_cache(maxsize=4096)
-def verdict(key: tuple[Any, ...], margin: float) -> float:
-    """int8/fp32 time of one layer configuration, measured once per machine (a slow verdict twice)."""
-    machine, k = _machine(), repr(key)
+def _verdict(machine: str, key: tuple[Any, ...], margin: float) -> float:
+    k = repr(key)
     stored = read_json(STORE).get(machine, {})
     if isinstance(stored.get(k), (int, float)):
         return float(stored[k])
