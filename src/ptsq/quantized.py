@@ -90,7 +90,9 @@ class QuantizedModel:
         """Seconds the first compile took and its route (engines that compile: PT2E's inductor); kept out of the
         manifest, whose content must not change with the machine's load."""
         seconds = getattr(self.module, "compile_seconds", None)
-        return {"compile_seconds": seconds, "compile_route": getattr(self.module, "route", None)} if seconds else {}
+        if seconds is None:  # a cached package loads in ~0.0 s: still say so
+            return {}
+        return {"compile_seconds": seconds, "compile_route": getattr(self.module, "route", None)}
 
 
 class ArtifactModel(nn.Module):

@@ -109,11 +109,16 @@ def test_artifact_is_int8_sized_and_runs_without_the_model_code(conv_artifact, m
         torch.testing.assert_close(art(x), qm(x), atol=1e-5, rtol=1e-5)
 
 
-def test_loaded_program_compiles_at_static_shapes_with_the_cpp_wrapper_and_falls_back(conv_artifact, monkeypatch):
+def test_loaded_program_compiles_at_static_shapes_with_the_cpp_wrapper_and_falls_back(
+    conv_artifact, monkeypatch, tmp_path
+):
     """The fast route (export again at the call's shapes, inductor's C++ wrapper) runs the same int8 kernels
-    as the reference program; when it cannot be taken, the Python-wrapper route runs and says why."""
+    as the reference program; when it cannot be taken, the Python-wrapper route runs and says why. (With
+    ``PTSQ_PT2E_AOTI=0``: no AOTInductor package is kept, tests/integration/test_pt2e_aoti.py covers those.)"""
     from ptsq.engines.pt2e.runtime import PYTHON_WRAPPER_ENV
 
+    monkeypatch.setenv("PTSQ_PT2E_AOTI", "0")
+    monkeypatch.setenv("PTSQ_CACHE_DIR", str(tmp_path))
     _, qm, path = conv_artifact
     x1, x3 = (_batches((b, 3, 16, 16), n=1, seed=5)[0] for b in (1, 3))
     with torch.inference_mode():
@@ -124,6 +129,7 @@ def test_loaded_program_compiles_at_static_shapes_with_the_cpp_wrapper_and_falls
         plain = ptsq.load(path)
         plain1 = plain(x1)
     assert fast.module.route == "static shapes, C++ wrapper" and len(fast.module._compiled) == 2
+    assert not list(tmp_path.glob("aoti/*.pt2"))
     assert plain.module.route.startswith("Python wrapper (") and PYTHON_WRAPPER_ENV in plain.module.route
     step = ref1.abs().max().item() / 64  # int8 kernels vs the reference's fp32 rounding: within an output step
     for got, ref in ((got1, ref1), (got3, ref3), (plain1, ref1)):

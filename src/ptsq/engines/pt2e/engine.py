@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -118,7 +119,11 @@ class Pt2eEngine:
 
     def load(self, path: Path) -> tuple[nn.Module, str]:
         program, manifest = load_program(path)
-        return CompiledProgram(program).eval(), manifest
+        try:  # the digest names the program's cached AOTInductor packages
+            digest = json.loads(manifest).get("program_sha256") if manifest else None
+        except ValueError:
+            digest = None
+        return CompiledProgram(program, digest if isinstance(digest, str) else None).eval(), manifest
 
     # --- the whole-model speed check's hooks (ptsq.engines.base.SpeedHooks; see .hooks)
     def deployed(self, result: EngineResult) -> nn.Module | None:

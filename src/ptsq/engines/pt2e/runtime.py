@@ -15,9 +15,12 @@ this way runs through the Python wrapper on the dynamic program, as before (``ro
 ``PTSQ_PT2E_PYTHON_WRAPPER=1`` asks for it).
 
 Inductor cannot cache a frozen graph across processes in torch 2.14 (the prepacked oneDNN weights are
-not picklable: its graph cache reports "mkldnn tensors unpickleable"), so each load compiles again;
-the C++ kernels themselves are cached under ``~/.cache/ptsq/inductor`` (``$PTSQ_CACHE_DIR``), which
-makes the second load of a model 3x faster than the first. ``compile_seconds`` says what it took.
+not picklable: its graph cache reports "mkldnn tensors unpickleable"). A program loaded from a .pt2
+(it has a digest) is therefore compiled with AOTInductor instead, into a package kept under
+``~/.cache/ptsq/aoti`` (``$PTSQ_CACHE_DIR``; see :mod:`.aoti`): later processes load that package in
+well under a second instead of compiling for seconds. Where AOTInductor fails, or ``PTSQ_PT2E_AOTI=0``,
+each process compiles in process as above; the C++ kernels themselves are cached under
+``~/.cache/ptsq/inductor``. ``compile_seconds`` and ``route`` say what happened.
 ``PTSQ_PT2E_EAGER=1`` runs the program without compiling (correct, slow; no C++ compiler needed).
 """
 
@@ -76,12 +79,13 @@ def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
 class CompiledProgram(nn.Module):
     """An exported int8 program, compiled with inductor on its first call for each input signature."""
 
-    def __init__(self, program: nn.Module) -> None:
+    def __init__(self, program: nn.Module, digest: str | None = None) -> None:
         super().__init__()
         # not a registered submodule: .eval()/.train() on exported graphs raise, and they hold no training state
         object.__setattr__(self, "program", program)
-        self.compile_seconds: float | None = None  # the first compile
-        self.route: str | None = None  # the first compile's: "static shapes, C++ wrapper" or why not
+        self.digest = digest  # the saved program's sha256: names its AOTInductor packages (None: none kept)
+        self.compile_seconds: float | None = None  # the first compile (or cached package load)
+        self.route: str | None = None  # the first compile's: "cached AOTI package", "static shapes, ..." or why not
         self._compiled: dict[tuple[Any, ...], Any] = {}
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -109,8 +113,10 @@ class CompiledProgram(nn.Module):
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            fn, route = self._packaged(args)
             try:
-                fn, route = self._compile_static(args), "static shapes, C++ wrapper"
+                if fn is None:
+                    fn, route = self._compile_static(args), "static shapes, C++ wrapper" + route
             except Exception as exc:  # never worse than the plain route: the dynamic program, Python wrapper
                 fn, route = self._compile_dynamic(args), f"Python wrapper ({first_line(exc, 160)})"
         seconds = round(time.perf_counter() - t0, 2)
@@ -118,6 +124,25 @@ class CompiledProgram(nn.Module):
         if self.compile_seconds is None:
             self.compile_seconds, self.route = seconds, route
         return seconds
+
+    def _packaged(self, args: tuple[Any, ...]) -> tuple[Any, str]:
+        """(the cached or newly built AOTInductor package for ``args``, its route); (None, why not) else."""
+        from ptsq.engines.pt2e import aoti
+        from ptsq.errors import first_line
+
+        if self.digest is None or not aoti.enabled() or _flag(PYTHON_WRAPPER_ENV):
+            return None, ""
+        key = ""
+        try:
+            key = aoti.package_key(self.digest, _signature(args), INDUCTOR_OPTIONS)
+            fn = aoti.load(key, args)
+            if fn is not None:
+                return fn, "cached AOTI package"
+            return aoti.build(self.program, args, key, dict(INDUCTOR_OPTIONS)), "static shapes, AOTI package (cached)"
+        except Exception as exc:  # compiled in process instead; the route says why no package
+            if key:
+                aoti.discard(key)
+            return None, f" (no AOTI package: {first_line(exc, 160)})"
 
     def _compile_static(self, args: tuple[Any, ...]) -> Any:
         from torch._inductor import compile as inductor_compile
