@@ -44,7 +44,9 @@ def built(tmp_path_factory):
         ref = qm(x)  # the converted program on reference kernels
         first = ptsq.load(path)
         want = first(x)
+        strided = first(x.contiguous(memory_format=torch.channels_last))  # same shape, other strides
     assert first.module.route == BUILT, first.module.route
+    torch.testing.assert_close(strided, want, atol=1e-6, rtol=0)
     step = ref.abs().max().item() / 64  # int8 kernels vs the reference's fp32 rounding: within an output step
     assert want.shape == ref.shape and (want - ref).abs().max().item() <= step
     return path, x, want, cache
