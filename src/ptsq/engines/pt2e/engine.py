@@ -136,6 +136,8 @@ class Pt2eEngine:
             path = Path(d) / "int8.pt2"
             self.save(result, path, "{}", result.debug["example"])
             module, _ = self.load(path)
+        if isinstance(module, CompiledProgram):  # compiled in process: an AOTInductor package costs ~1.5x the
+            module.digest = None  # compile and each round's program is another one, which no user loads
         return module
 
     def fix_layout(self, result: EngineResult, example_args: tuple[Any, ...], threads: int) -> list[str]:
