@@ -76,6 +76,12 @@ def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
     )
 
 
+def _compile_key(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    # inductor writes its own loops for the thread count at compile time: a program compiled at 1 thread
+    # would run single-threaded at 4, so a new thread count compiles again
+    return (*_signature(args), torch.get_num_threads())
+
+
 class CompiledProgram(nn.Module):
     """An exported int8 program, compiled with inductor on its first call for each input signature."""
 
@@ -97,10 +103,10 @@ class CompiledProgram(nn.Module):
         # compiled code assumes the strides it was compiled for: a channels-last or sliced input of the same
         # shape gave wrong outputs (EfficientNet-Lite0: off by 6 in 9.6); a contiguous tensor is not copied
         args = tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
-        fn = self._compiled.get(_signature(args))
+        fn = self._compiled.get(_compile_key(args))
         if fn is None:
             self.compile_now(args)
-            fn = self._compiled[_signature(args)]
+            fn = self._compiled[_compile_key(args)]
         with torch.no_grad():
             return fn(*args)
 
@@ -123,7 +129,7 @@ class CompiledProgram(nn.Module):
             except Exception as exc:  # never worse than the plain route: the dynamic program, Python wrapper
                 fn, route = self._compile_dynamic(args), f"Python wrapper ({first_line(exc, 160)})"
         seconds = round(time.perf_counter() - t0, 2)
-        self._compiled[_signature(args)] = fn
+        self._compiled[_compile_key(args)] = fn
         if self.compile_seconds is None:
             self.compile_seconds, self.route = seconds, route
         return seconds
