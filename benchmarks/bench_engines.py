@@ -358,9 +358,9 @@ def _write(results: list[dict], quick: bool) -> None:
         when = ["Rows measured on different dates: " + "; ".join(f"{r['model']} {r['date']}" for r in results)]
     notes = [
         "1 thread, batch 1; medians of interleaved runs in one process; int8 models timed as loaded by ptsq.load.",
-        "PT2E = torchao X86InductorQuantizer + ptsq's extensions (conv1d, int8 data movement), compiled at load "
-        "with torch._inductor.compile (freezing on, no Dynamo guards), exported again at the call's static shapes "
-        "and compiled with inductor's C++ wrapper; compile s = first load.",
+        "PT2E = torchao X86InductorQuantizer + ptsq's extensions (conv1d, int8 data movement); ptsq.load exports "
+        "the program again at the call's static shapes and runs it as an AOTInductor package (freezing on) kept in "
+        "ptsq's cache; compile s = the first call after load (building the package, or ~0.1 s loading a cached one).",
         "Target (issue 19): PT2E at most 1.05x FX's time, SQNR within 1 dB of FX or better, .pt2 artifact at most "
         "0.3x the fp32 state_dict's size.",
         f"1-minute load average when written: {os.getloadavg()[0]:.1f} on this shared machine (other jobs running): "
