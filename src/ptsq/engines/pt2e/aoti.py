@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from ptsq.models import file_sha256
+
 FORMAT = 1  # bump when what a package or its check file holds changes
 KEEP = 24  # packages kept in the cache (MobileNetV2's is 6 MB); the least recently used go first
 NO_AOTI_ENV = "PTSQ_PT2E_AOTI"  # =0: compile in every process, keep no package
@@ -70,14 +72,6 @@ def _paths(key: str) -> tuple[Path, Path]:
     return d / f"{key}.pt2", d / f"{key}.check.pt"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _probe(args: tuple[Any, ...]) -> tuple[Any, ...]:
     """Fixed inputs like ``args``: seeded normal floats, zero integers (valid indices), other values as given."""
     gen = torch.Generator().manual_seed(0)
@@ -120,7 +114,7 @@ def load(key: str, args: tuple[Any, ...]) -> Any | None:
         return None
     try:
         facts = torch.load(check, weights_only=True)
-        if facts.get("format") != FORMAT or facts.get("sha256") != _sha256(package):
+        if facts.get("format") != FORMAT or facts.get("sha256") != file_sha256(package):
             raise ValueError("the package is not the one its check file describes")
         fn = torch._inductor.aoti_load_package(str(package))
         with torch.no_grad():
@@ -151,7 +145,7 @@ def build(program: torch.nn.Module, args: tuple[Any, ...], key: str, options: di
             torch._inductor.aoti_compile_and_package(static, package_path=str(tmp), inductor_configs=options)
             fn = torch._inductor.aoti_load_package(str(tmp))  # the loader extracts it: the rename is safe
             outputs = _tensors(fn(*_probe(args)))
-        sha = _sha256(tmp)
+        sha = file_sha256(tmp)
     with atomic_path(check) as tmp:  # written last: a package without it is not used
         torch.save({"format": FORMAT, "sha256": sha, "outputs": outputs}, tmp)
     prune()
