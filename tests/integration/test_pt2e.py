@@ -117,6 +117,7 @@ def test_loaded_program_compiles_at_static_shapes_with_the_cpp_wrapper_and_falls
     ``PTSQ_PT2E_AOTI=0``: no AOTInductor package is kept, tests/integration/test_pt2e_aoti.py covers those.)"""
     from ptsq.engines.pt2e.runtime import PYTHON_WRAPPER_ENV
 
+    monkeypatch.delenv("PTSQ_PT2E_EAGER", raising=False)  # make test-no-ao sets it: this test is about compiling
     monkeypatch.setenv("PTSQ_PT2E_AOTI", "0")
     monkeypatch.setenv("PTSQ_CACHE_DIR", str(tmp_path))
     _, qm, path = conv_artifact
