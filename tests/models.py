@@ -392,3 +392,25 @@ class TransposedConv1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.act2(self.conv(self.act(self.bn(self.up(x))))))
+
+
+class RepeatedConv(nn.Module):
+    """A conv applied a data-dependent number of times: torch.export cannot capture it, TorchScript can."""
+
+    def __init__(self, channels: int = 8) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(int(x.abs().mean().clamp(1, 3))):  # a loop count read from the values
+            x = torch.relu(self.conv(x)) * 0.5 + x
+        return x
+
+
+class BranchNumpy(nn.Module):
+    """Data-dependent branching (export cannot) and numpy (TorchScript cannot): no fp32 island for it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.mean() > 0:
+            return x * float(np.sqrt(2.0))
+        return x

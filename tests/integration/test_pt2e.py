@@ -19,7 +19,7 @@ import ptsq
 from ptsq import artifact
 from ptsq.config import Pt2eOptions, QuantConfig
 from ptsq.errors import ArtifactError
-from tests.models import DataDependent, Sandwich, ShuffleBlocks, TransposedConv1d, randomize_bn
+from tests.models import BranchNumpy, Sandwich, ShuffleBlocks, TransposedConv1d, randomize_bn
 
 EAGER = Pt2eOptions(compile=False)
 
@@ -328,18 +328,20 @@ def test_speed_check_times_the_pt2_as_loaded():
 
 
 def test_what_export_cannot_capture_is_one_line_and_auto_quantizes_it_with_another_engine():
-    """PT2E has no split capture: a forward torch.export cannot capture is refused naming the user's line,
-    and ``auto`` (with or without torch.ao) still hands back a checked int8 model from an engine that can."""
+    """A block torch.export cannot capture and TorchScript cannot script (no fp32 island for it: see
+    test_pt2e_islands.py) is refused naming the user's line, and ``auto`` (with or without torch.ao) still
+    hands back a checked int8 model from an engine that can."""
     from ptsq.errors import TraceError
     from ptsq.fidelity import sqnr_db
 
     torch.manual_seed(0)
-    model = Sandwich(DataDependent()).eval()
+    model = Sandwich(BranchNumpy()).eval()
     calib = _batches((4, 3, 12, 12), n=6)
     with pytest.raises(TraceError) as info:
         ptsq.quantize(model, calib, config=_config(), progress=False)
     head = str(info.value).splitlines()[0]
     assert "torch.export cannot capture" in head and "x.mean() > 0" in head and "models.py" in head, head
+    assert "TorchScript cannot script it" in head, head
     qm = ptsq.quantize(model, calib, config=QuantConfig(engine="auto", speed_guard=0, pt2e=EAGER), progress=False)
     rows = {r["engine"]: r for r in qm.manifest["auto"]["engines"]}
     assert rows["pt2e"]["status"] == "failed" and "x.mean() > 0" in rows["pt2e"]["why"], rows["pt2e"]

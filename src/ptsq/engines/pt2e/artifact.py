@@ -24,6 +24,7 @@ import json
 import re
 import warnings
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,13 @@ from torch import nn
 
 from ptsq import artifact
 from ptsq.engines.pt2e.capture import batch2, export_explanation
-from ptsq.errors import ArtifactError, QuantizationError
+from ptsq.engines.pt2e.islands import Island, IslandSpec, op_name, register
+from ptsq.errors import ArtifactError, QuantizationError, first_line
 from ptsq.reproducible import pin_serialization_id
 
 MANIFEST_NAME = "ptsq_manifest.json"
+ISLANDS_KEY = "fp32_islands"  # manifest: the islands' ops, sha256 and output specs
+ISLAND_DIR = "ptsq_islands/"  # their TorchScript archives, one record each
 _PROGRAM = re.compile(r"^[^/]+/(models|data)/")  # graph and tensors; not extra/ files or archive ids
 
 
@@ -65,8 +69,9 @@ def _serialise(ep: torch.export.ExportedProgram, manifest: str | None) -> bytes:
     return buf.getvalue()
 
 
-def _deflate(data: bytes) -> bytes:
-    """The same archive with every record deflated (torch.export.load reads either).
+def _deflate(data: bytes, records: dict[str, bytes] | None = None) -> bytes:
+    """The same archive with every record deflated (torch.export.load reads either), plus ``records``
+    (name inside the archive's folder -> bytes).
 
     The graph's JSON shrinks ~10x and the weight zero points (all 0) to nothing: MobileNetV2's program
     goes from 4.6 to 3.4 MB (FX's TorchScript artifact: 3.9 MB; fp32: 13.6 MB).
@@ -77,11 +82,19 @@ def _deflate(data: bytes) -> bytes:
             record = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))  # reproducible bytes
             record.compress_type = zipfile.ZIP_DEFLATED
             zout.writestr(record, zin.read(info), compresslevel=6)
+        folder = zin.namelist()[0].split("/")[0]
+        for name, blob in (records or {}).items():
+            record = zipfile.ZipInfo(f"{folder}/{name}", date_time=(1980, 1, 1, 0, 0, 0))
+            record.compress_type = zipfile.ZIP_DEFLATED
+            zout.writestr(record, blob, compresslevel=6)
     return out.getvalue()
 
 
-def save_program(module: nn.Module, path: Path, manifest_json: str, example_args: tuple[Any, ...]) -> None:
-    """Export ``module`` (batch dimension dynamic) and write it with the manifest to ``path``."""
+def save_program(
+    module: nn.Module, path: Path, manifest_json: str, example_args: tuple[Any, ...], islands: Sequence[Island] = ()
+) -> None:
+    """Export ``module`` (batch dimension dynamic) and write it with the manifest (and the TorchScript of
+    its fp32 islands, see :mod:`.islands`) to ``path``."""
     from ptsq.engines.pt2e.capture import export
 
     with warnings.catch_warnings():
@@ -98,7 +111,11 @@ def save_program(module: nn.Module, path: Path, manifest_json: str, example_args
                 node.meta.pop(key, None)  # (the layer names are in the manifest's precision map)
         digest = program_digest(_serialise(ep, None))
         manifest = {**json.loads(manifest_json), "program_sha256": digest}
-        data = _deflate(pin_serialization_id(_serialise(ep, artifact.seal(manifest))))
+        records = {}
+        if islands:
+            manifest[ISLANDS_KEY] = [i.manifest_entry() for i in islands]
+            records = {ISLAND_DIR + i.op: i.script for i in islands}
+        data = _deflate(pin_serialization_id(_serialise(ep, artifact.seal(manifest))), records)
     if program_digest(data) != digest:  # serialisation must be deterministic for the digest to mean anything
         raise QuantizationError("the exported program serialised differently twice", "report this model to ptsq")
     Path(path).write_bytes(data)
@@ -144,7 +161,41 @@ def load_program(path: Path) -> tuple[nn.Module, str]:
 
     data = Path(path).read_bytes()
     text = check_program(data, path)
+    register_islands(data, text, path)  # the program calls their ops: registered before it is read
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ep = torch.export.load(io.BytesIO(data))
     return ep.module(), text
+
+
+def register_islands(data: bytes, text: str, path: Path) -> int:
+    """Register the fp32 islands' ops from the scripts stored in the archive; how many there are.
+
+    Each script must match the sha256 in the (sealed) manifest and the op name the program calls."""
+    manifest = artifact.unseal(text, path) if text else {}
+    entries = manifest.get(ISLANDS_KEY) or []
+    if not entries:
+        return 0
+    tampered = ArtifactError(
+        f"the fp32 islands in '{path}' were modified after it was written (checksum mismatch)",
+        "do not trust this file; re-create it with 'ptsq quantize'",
+    )
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        stored = {n.split("/", 1)[1]: n for n in zf.namelist() if "/" in n}
+        for entry in entries:
+            name = stored.get(ISLAND_DIR + str(entry.get("op")))
+            script = zf.read(name) if name else b""
+            try:
+                spec = IslandSpec.from_json(entry["spec"])
+            except (KeyError, TypeError, ValueError):
+                raise tampered from None
+            if hashlib.sha256(script).hexdigest() != entry.get("sha256") or op_name(script, spec) != entry["op"]:
+                raise tampered
+            try:
+                register(entry["op"], script, spec)
+            except Exception as exc:  # TorchScript of another torch, or a broken archive
+                raise ArtifactError(
+                    f"the fp32 island {entry['op']} in '{path}' cannot be loaded: {first_line(exc)}",
+                    "re-create the file with 'ptsq quantize' where it will run",
+                ) from exc
+    return len(entries)

@@ -32,15 +32,27 @@ def dynamic_batch(args: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(tree_map(lambda a: dict.fromkeys(range(a.dim()), auto) if _batched(a) else None, a) for a in args)
 
 
+_USER_LINE = (
+    re.compile(r'File "([^"]+)", line (\d+), in \w+, code: (.+)'),
+    re.compile(r'File "([^"]+)", line (\d+), in \w+\n\s+(.+)'),
+)
+
+
+def failing_line(exc: BaseException) -> tuple[str, int, str] | None:
+    """(file, line, code) of the user's line an exporter error points at; None if it names none."""
+    text = str(exc)
+    m = _USER_LINE[0].search(text) or _USER_LINE[1].search(text)
+    if m and "site-packages" not in m.group(1):
+        return m.group(1), int(m.group(2)), m.group(3).strip()
+    return None
+
+
 def export_explanation(exc: BaseException) -> str:
     """The first line of an exporter error that says something, plus the user's line it points at."""
     text = str(exc)
     head = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)[:200]
-    m = re.search(r'File "([^"]+)", line (\d+), in \w+, code: (.+)', text) or re.search(
-        r'File "([^"]+)", line (\d+), in \w+\n\s+(.+)', text
-    )
-    if m and "site-packages" not in m.group(1):
-        head += f" at {m.group(1)}:{m.group(2)}: {m.group(3).strip()}"
+    if where := failing_line(exc):
+        head += f" at {where[0]}:{where[1]}: {where[2]}"
     return head
 
 
@@ -54,19 +66,24 @@ def export(model: nn.Module, args: tuple[Any, ...], strict: bool) -> torch.expor
         logging.disable(logging.NOTSET)
 
 
-def capture(model: nn.Module, example_args: tuple[Any, ...]) -> tuple[torch.export.ExportedProgram, str]:
-    """``torch.export`` the model: strict first, non-strict if strict cannot; returns (program, mode).
+def attempt(model: nn.Module, example_args: tuple[Any, ...]) -> tuple[Any, str, list[BaseException]]:
+    """(program, mode, []) from strict or else non-strict export; (None, "", both errors) if neither works.
 
     Strict first: non-strict export breaks the x86 inductor quantizer on torchvision ResNets, whose
     blocks call one ReLU module twice.
     """
     args = batch2(example_args)
-    errors: list[str] = []
+    errors: list[BaseException] = []
     for strict in (True, False):
         try:
-            return export(model, args, strict), "strict" if strict else "non-strict"
+            return export(model, args, strict), "strict" if strict else "non-strict", []
         except Exception as exc:  # exporter errors come in many types
-            errors.append(export_explanation(exc))
+            errors.append(exc)
+    return None, "", errors
+
+
+def refusal(errors: list[BaseException], why_not_island: str = "") -> TraceError:
+    """The one-line error for a model export cannot capture (``why_not_island``: why no fp32 island helped)."""
     from ptsq import legacy
 
     hint = (
@@ -74,4 +91,16 @@ def capture(model: nn.Module, example_args: tuple[Any, ...]) -> tuple[torch.expo
         if legacy.available()
         else "make forward export-friendly (torch.cond for a data-dependent branch), or try --engine onnx"
     )
-    raise TraceError(f"torch.export cannot capture the model (strict and non-strict tried): {errors[0]}", hint)
+    extra = f"; {why_not_island}" if why_not_island else ""
+    return TraceError(
+        f"torch.export cannot capture the model (strict and non-strict tried): {export_explanation(errors[0])}{extra}",
+        hint,
+    )
+
+
+def capture(model: nn.Module, example_args: tuple[Any, ...]) -> tuple[torch.export.ExportedProgram, str]:
+    """``torch.export`` the model: strict first, non-strict if strict cannot; returns (program, mode)."""
+    ep, mode, errors = attempt(model, example_args)
+    if ep is None:
+        raise refusal(errors)
+    return ep, mode

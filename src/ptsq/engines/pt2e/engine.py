@@ -18,8 +18,8 @@ from ptsq.engines.base import EngineResult, LayerTiming
 from ptsq.engines.common import quiet, skip_reason, skip_targets
 from ptsq.engines.pt2e.artifact import is_pt2, load_program, save_program
 from ptsq.engines.pt2e.bias import BiasCorrection
-from ptsq.engines.pt2e.capture import capture
 from ptsq.engines.pt2e.hooks import keep_fp32, layer_times
+from ptsq.engines.pt2e.islands import capture_with_islands, island_rows
 from ptsq.engines.pt2e.layers import Pt2eFloatLayers
 from ptsq.engines.pt2e.passes import drop_unused_tensors, sink_dequantize
 from ptsq.engines.pt2e.precision import precision_rows
@@ -61,7 +61,12 @@ class Pt2eEngine:
         if not config.per_channel:
             notes.append("the x86 inductor quantizer has per-channel weights only; --per-tensor ignored")
         with quiet(all_user_warnings=True):
-            ep, mode = capture(work, example_args)
+            ep, mode, islands = capture_with_islands(work, example_args)
+            notes.extend(
+                f"{', '.join(repr(n) for n in i.modules)} ({i.cls}) kept in fp32, run as TorchScript inside the "
+                f"program: torch.export cannot capture it: {i.reason}"
+                for i in islands
+            )
             if mode == "non-strict":
                 notes.append("strict torch.export failed; captured with non-strict export")
             quantizer, qnotes = make_quantizer(config, skipped)
@@ -90,7 +95,7 @@ class Pt2eEngine:
             if n := sink_dequantize(converted):
                 notes.append(f"clean-up: {n} data-movement ops run on int8 values")
             drop_unused_tensors(converted)
-        pairs = precision_rows(converted, skipped)
+        pairs = island_rows(precision_rows(converted, skipped), islands)
         rows = [row for _node, row in pairs]
         converted = allow_exported_model_train_eval(converted)
         details: dict[str, Any] = {
@@ -99,19 +104,22 @@ class Pt2eEngine:
             "reduce_range": reduce_range(config),
             "runtime": "inductor (freezing)",
         }
+        if islands:
+            details["fp32_islands"] = [{"modules": i.modules, "class": i.cls, "op": i.op} for i in islands]
         module: nn.Module = converted
         if config.pt2e.compile:
             # the self-check then runs (and times the compile of) what users will run
             module = CompiledProgram(converted).eval()
         # analyze and the accuracy budget put int8 layers back to fp32 through this, with no re-calibration
         debug = {
-            "observed": observed, "float_layers": Pt2eFloatLayers(converted, observed, pairs), "example": example_args
+            "observed": observed, "float_layers": Pt2eFloatLayers(converted, observed, pairs), "example": example_args,
+            "islands": islands,
         }  # fmt: skip
         return EngineResult(module=module, precision=rows, notes=notes, details=details, debug=debug)
 
     def save(self, result: EngineResult, path: Path, manifest_json: str, example_args: tuple[Any, ...]) -> nn.Module:
         module = result.module.program if isinstance(result.module, CompiledProgram) else result.module
-        save_program(module, path, manifest_json, example_args)
+        save_program(module, path, manifest_json, example_args, result.debug.get("islands", []))
         return result.module
 
     def can_load(self, path: Path) -> bool:
