@@ -186,6 +186,8 @@ PLAIN_LOADERS = {
 
 def plain_loader(manifest: dict[str, Any]) -> str:
     """How to open the artifact without ptsq (``ptsq.load`` opens every kind)."""
+    if manifest.get("fp32_islands"):  # its program calls ops that ptsq registers from the stored scripts
+        return "none: its fp32 islands (TorchScript inside the .pt2) need ptsq.load(path)"
     return PLAIN_LOADERS.get(str(manifest.get("engine")), "ptsq.load(path)")
 
 

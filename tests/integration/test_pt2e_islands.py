@@ -21,6 +21,7 @@ from torch import nn
 import ptsq
 from ptsq.config import Pt2eOptions, QuantConfig, SpeedOptions
 from ptsq.errors import ArtifactError, TraceError
+from ptsq.manifest_file import plain_loader
 from tests.models import BranchNumpy, DataDependent, RepeatedConv, RootUntraceable, Sandwich
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -138,6 +139,7 @@ def test_saving_the_same_island_model_twice_gives_the_same_bytes(island_artifact
         manifest = json.loads(a.read(next(n for n in a.namelist() if n.endswith("ptsq_manifest.json"))))
     (entry,) = manifest["fp32_islands"]
     assert entry["modules"] == ["block"] and entry["class"] == "DataDependent" and len(entry["sha256"]) == 64
+    assert "ptsq.load" in plain_loader(manifest)  # its island ops are registered by ptsq
     assert path.read_bytes() == again.read_bytes()
 
 

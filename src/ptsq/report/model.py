@@ -386,7 +386,9 @@ def environment_rows(report: Report) -> list[tuple[str, str]]:
                              if k in ("openvino", "nncf", "onnxruntime", "onnx", "torchao"))  # fmt: skip
         rows.append((f"{a.label}", f"made with ptsq {m.get('ptsq_version')}, torch {m.get('torch_version')}"
                      + (f", {versions}" if versions else "") + f"; engine {a.engine}, backend {m.get('backend')}; "
-                     f"runs on {a.runtime}; opens without ptsq with {plain_loader(m)}"))  # fmt: skip
+                     f"runs on {a.runtime}; "
+                     + ("opens with ptsq.load only (fp32 islands)" if m.get("fp32_islands")
+                        else f"opens without ptsq with {plain_loader(m)}")))  # fmt: skip
     mach = (report.bench or {}).get("machine")
     if mach:
         rows.append(("benchmark machine", f"{mach.get('cpu')} ({mach.get('cores')} cores; "

@@ -1,6 +1,7 @@
 """PT2E static quantization: torch.export -> torchao prepare_pt2e/convert_pt2e -> inductor.
 
-Capture with ``torch.export`` (:mod:`.capture`), annotate with torchao's ``X86InductorQuantizer`` plus
+Capture with ``torch.export`` (:mod:`.capture`; submodules it cannot capture become fp32 TorchScript islands,
+:mod:`.islands`), annotate with torchao's ``X86InductorQuantizer`` plus
 ptsq's int8 data movement (:mod:`.quantizer`), calibrate, correct conv/linear biases for int8 weight
 rounding (:mod:`.bias`), convert, clean the aten graph up (:mod:`.passes`), and run it compiled by
 inductor with freezing (:mod:`.runtime`). The artifact is a ``torch.export`` program with the manifest

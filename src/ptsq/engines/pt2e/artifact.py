@@ -1,6 +1,6 @@
 """The PT2E artifact: a ``torch.export`` program (.pt2) with ptsq's manifest inside.
 
-PyTorch loads it without ptsq or the model's code::
+PyTorch loads it without ptsq or the model's code (unless it has fp32 islands, below)::
 
     import torch, torch._inductor.compile_fx     # registers the quantize/dequantize ops the program calls
     ep = torch.export.load("model_int8.pt2")
@@ -10,6 +10,11 @@ PyTorch loads it without ptsq or the model's code::
     static = torch.export.export(ep.module(), (x,), strict=False).module()  # at x's shapes: C++ wrapper
     with torch.no_grad():                          # freezing (inference only) prepacks the int8 weights
         fast = torch._inductor.compile(static, [x], {"freezing": True, "cpp_wrapper": True})
+
+A program with fp32 islands (submodules ``torch.export`` could not capture, see :mod:`.islands`) calls
+custom ``ptsq_island`` ops, and needs ptsq to load: the islands' TorchScript archives are stored in the
+.pt2 (``ptsq_islands/<op>``, their sha256 and output specs in the manifest), and :func:`load_program`
+checks them and registers the ops before ``torch.export.load`` reads the program.
 
 The manifest (``extra/ptsq_manifest.json``) records ``program_sha256``, a digest of the program's graph
 and tensors: a program edited after it was written is refused before it is deserialised, as is a
