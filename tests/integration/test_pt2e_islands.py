@@ -6,6 +6,7 @@ The compiled load (AOTInductor calling the island's op) is in the slow tier.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -170,6 +171,42 @@ def test_no_island_for_what_torchscript_cannot_script_or_the_top_level_forward()
         calib = [torch.randn(2, 3, 10, 10) for _ in range(2)]
         ptsq.quantize(RootUntraceable().eval(), calib, config=CONFIG, progress=False)
     assert "y.sum() > 0" in info.value.message and "\n" not in info.value.message
+
+
+def _halve_if_positive(x: torch.Tensor) -> torch.Tensor:
+    if x.mean() > 0:  # export cannot capture this branch; TorchScript scripts this helper with its caller
+        return x * 0.5
+    return x
+
+
+class _Gate(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _halve_if_positive(x) + 1
+
+
+class _TwoGates(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.first = _Gate()
+        self.inner = nn.Sequential(nn.ReLU(), _Gate())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(self.first(self.conv(x))).mean((2, 3))
+
+
+def test_every_instance_of_the_submodule_whose_forward_calls_the_failing_helper_becomes_an_island():
+    from ptsq.engines.pt2e.islands import IslandCall, capture_with_islands
+
+    model = _TwoGates().eval()
+    work = copy.deepcopy(model)
+    ep, _mode, islands = capture_with_islands(work, (torch.randn(2, 3, 8, 8),))
+    assert sorted(n for i in islands for n in i.modules) == ["first", "inner.1"]
+    assert all(i.cls == "_Gate" and "_halve_if_positive" not in i.reason for i in islands)
+    assert all("x.mean() > 0" in i.reason for i in islands)
+    assert isinstance(work.first, IslandCall) and isinstance(model.first, _Gate)
+    for x in (torch.randn(3, 3, 10, 10) + 2, torch.randn(3, 3, 10, 10) - 2):  # another batch and image size
+        assert torch.allclose(ep.module()(x), model(x), atol=1e-5)
 
 
 @pytest.mark.slow

@@ -47,6 +47,14 @@ def failing_line(exc: BaseException) -> tuple[str, int, str] | None:
     return None
 
 
+def user_lines(exc: BaseException) -> list[tuple[str, int]]:
+    """Every (file, line) of user code an exporter error names: the failing line first, then its callers
+    as far as the error shows them (strict export prints the user stack; non-strict, the failing line)."""
+    first = failing_line(exc)
+    found = [(f, int(n)) for f, n in re.findall(r'File "([^"]+)", line (\d+)', str(exc)) if "site-packages" not in f]
+    return list(dict.fromkeys(([first[:2]] if first else []) + found))
+
+
 def export_explanation(exc: BaseException) -> str:
     """The first line of an exporter error that says something, plus the user's line it points at."""
     text = str(exc)

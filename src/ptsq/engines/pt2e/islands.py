@@ -121,16 +121,17 @@ def register(op: str, script: bytes, spec: IslandSpec) -> None:
         with torch.no_grad():
             out = scripted(*xs)
         outs = list(out) if spec.as_tuple else [out]
-        inputs = {x.untyped_storage().data_ptr() for x in xs}
+        taken = {x.untyped_storage().data_ptr() for x in xs}
         for i, o in enumerate(outs):
             want = spec.expected(xs[0], i)
             if list(o.shape) != want:
                 raise RuntimeError(
-                    f"fp32 island {op}: output {i} has shape {list(o.shape)}, its recorded rule gives {want}; "
-                    "quantize with inputs of these sizes"
+                    f"fp32 island {op}: output {i} has shape {list(o.shape)} where the example run's rule gives "
+                    f"{want}; quantize again with example inputs of this size"
                 )
-            if o.untyped_storage().data_ptr() in inputs:  # a custom op may not return (a view of) its input
-                outs[i] = o.clone()
+            if o.untyped_storage().data_ptr() in taken:  # a custom op's outputs alias neither inputs nor each other
+                outs[i] = o = o.clone()
+            taken.add(o.untyped_storage().data_ptr())
         return tuple(outs) if spec.as_tuple else outs[0]
 
     def fake(*xs: torch.Tensor) -> Any:
@@ -269,7 +270,7 @@ def make_islands(model: nn.Module, names: list[str], args: tuple[Any, ...], reas
     """Replace the named submodules of ``model`` (in place) by calls to their scripts; the islands made."""
     calls = record_calls(model, names, args)
     made: dict[str, Island] = {}
-    for n in names:
+    for n in [n for n in names if calls[n]] or names:  # instances the example never reaches are left alone
         module = model.get_submodule(n)
         try:
             spec = spec_from_calls(calls[n])
@@ -306,15 +307,16 @@ def capture_with_islands(
     pass the engine's working copy). Refuses in one line when the failing line is in the top-level
     forward or in no forward, when more than :data:`MAX_ISLANDS` would be needed, or when an island
     cannot be scripted or has other than tensor inputs and outputs."""
-    from ptsq.engines.pt2e.capture import attempt, batch2, export_explanation, failing_line, refusal
+    from ptsq.engines.pt2e.capture import attempt, batch2, export_explanation, failing_line, refusal, user_lines
 
     islands: list[Island] = []
     while True:
         ep, mode, errors = attempt(model, example_args)
         if ep is not None:
             return ep, mode, islands
-        where = next((w for w in map(failing_line, errors) if w), None)
-        names = holders(model, where[0], where[1]) if where else []
+        # the deepest submodule whose forward holds the failing line, or calls the helper that holds it
+        found = [holders(model, f, n) for e in errors for f, n in user_lines(e)]
+        names = max(found, key=lambda ns: ns[0].count(".") if ns else -1, default=[])
         if not names:
             raise refusal(errors)
         if sum(len(i.modules) for i in islands) + len(names) > MAX_ISLANDS:
