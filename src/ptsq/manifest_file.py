@@ -175,7 +175,7 @@ def runtime_of(manifest: dict[str, Any]) -> str:
     return str(manifest.get("engine", "?"))
 
 
-# how each engine's artifact opens without ptsq (each claim is checked by tests/integration/test_plain_loaders.py)
+# how each engine's artifact opens without ptsq (each claim is checked by tests/integration/test_report_engines.py)
 PLAIN_LOADERS = {
     "fx": "torch.jit.load(path)",
     "pt2e": "import torchao.quantization.pt2e.quantize_pt2e; torch.export.load(path).module()",
