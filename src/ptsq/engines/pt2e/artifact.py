@@ -13,7 +13,7 @@ PyTorch loads it without ptsq or the model's code (unless it has fp32 islands, b
 
 A program with fp32 islands (submodules ``torch.export`` could not capture, see :mod:`.islands`) calls
 custom ``ptsq_island`` ops, and needs ptsq to load: the islands' TorchScript archives are stored in the
-.pt2 (``ptsq_islands/<op>``, their sha256 and output specs in the manifest), and :func:`load_program`
+.pt2 (``ptsq_islands/<op>``, their sha256 and output specs in the manifest), and :func:`open_program`
 checks them and registers the ops before ``torch.export.load`` reads the program.
 
 The manifest (``extra/ptsq_manifest.json``) records ``program_sha256``, a digest of the program's graph
@@ -160,17 +160,23 @@ def check_program(data: bytes, path: Path) -> str:
     return text
 
 
-def load_program(path: Path) -> tuple[nn.Module, str]:
-    """(the exported program as a runnable module, manifest JSON), after :func:`check_program`."""
-    import torch._inductor.compile_fx  # registers the quantized_decomposed ops the program calls
-
+def open_program(path: Path) -> tuple[bytes, str]:
+    """(the file's bytes, manifest JSON): checked and its fp32 islands registered, the program not yet read
+    (reading it takes seconds; a cached compiled package does not need it)."""
     data = Path(path).read_bytes()
     text = check_program(data, path)
     register_islands(data, text, path)  # the program calls their ops: registered before it is read
+    return data, text
+
+
+def read_program(data: bytes) -> nn.Module:
+    """The exported program in ``data`` (from :func:`open_program`) as a runnable module."""
+    import torch._inductor.compile_fx  # registers the quantized_decomposed ops the program calls
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ep = torch.export.load(io.BytesIO(data))
-    return ep.module(), text
+    return ep.module()
 
 
 def register_islands(data: bytes, text: str, path: Path) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import tempfile
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from ptsq.config import QuantConfig
 from ptsq.engines import register
 from ptsq.engines.base import EngineResult, LayerTiming
 from ptsq.engines.common import quiet, skip_reason, skip_targets
-from ptsq.engines.pt2e.artifact import is_pt2, load_program, save_program
+from ptsq.engines.pt2e.artifact import is_pt2, open_program, read_program, save_program
 from ptsq.engines.pt2e.bias import BiasCorrection
 from ptsq.engines.pt2e.hooks import keep_fp32, layer_times
 from ptsq.engines.pt2e.islands import capture_with_islands, island_rows
@@ -126,7 +127,8 @@ class Pt2eEngine:
         return is_pt2(path)
 
     def load(self, path: Path) -> tuple[nn.Module, str]:
-        program, manifest = load_program(path)
+        data, manifest = open_program(path)
+        program = functools.partial(read_program, data)  # read when first needed: a cached package skips it
         try:  # the digest names the program's cached AOTInductor packages
             digest = json.loads(manifest).get("program_sha256") if manifest else None
         except ValueError:

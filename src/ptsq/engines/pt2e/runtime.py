@@ -30,6 +30,7 @@ import inspect
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,14 +86,24 @@ def _compile_key(args: tuple[Any, ...]) -> tuple[Any, ...]:
 class CompiledProgram(nn.Module):
     """An exported int8 program, compiled with inductor on its first call for each input signature."""
 
-    def __init__(self, program: nn.Module, digest: str | None = None) -> None:
+    def __init__(self, program: nn.Module | Callable[[], nn.Module], digest: str | None = None) -> None:
         super().__init__()
-        # not a registered submodule: .eval()/.train() on exported graphs raise, and they hold no training state
-        object.__setattr__(self, "program", program)
+        # not a registered submodule: .eval()/.train() on exported graphs raise, and they hold no training state;
+        # a callable reads the program when first needed (seconds): a cached package runs without it
+        ready = isinstance(program, nn.Module)
+        object.__setattr__(self, "_program", program if ready else None)
+        object.__setattr__(self, "_read", None if ready else program)
         self.digest = digest  # the saved program's sha256: names its AOTInductor packages (None: none kept)
         self.compile_seconds: float | None = None  # the first compile (or cached package load)
         self.route: str | None = None  # the first compile's: "cached AOTI package", "static shapes, ..." or why not
         self._compiled: dict[tuple[Any, ...], Any] = {}
+
+    @property
+    def program(self) -> nn.Module:
+        if self._program is None:
+            object.__setattr__(self, "_program", self._read())
+            object.__setattr__(self, "_read", None)
+        return self._program
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs:  # keyword inputs (dict batches naming forward's parameters) in the program's order
