@@ -85,10 +85,12 @@ def run_with_hooks(
     args: tuple[Any, ...],
     forward: dict[nn.Module, Callable[..., Any]] | None = None,
     pre: dict[nn.Module, Callable[..., Any]] | None = None,
+    with_kwargs: bool = False,
 ) -> None:
     """``model(*args)`` once, without autograd, with forward (``pre``: forward-pre) hooks on some modules;
-    the hooks are gone afterwards, whatever happened."""
-    handles = [m.register_forward_hook(f) for m, f in (forward or {}).items()]
+    the hooks are gone afterwards, whatever happened. ``with_kwargs``: forward hooks also get the keyword
+    inputs, as ``hook(module, args, kwargs, output)``."""
+    handles = [m.register_forward_hook(f, with_kwargs=with_kwargs) for m, f in (forward or {}).items()]
     handles += [m.register_forward_pre_hook(f) for m, f in (pre or {}).items()]
     try:
         with torch.inference_mode():

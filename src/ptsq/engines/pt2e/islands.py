@@ -23,12 +23,14 @@ import io
 import json
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from ptsq.engines.common import run_with_hooks
 from ptsq.reproducible import pin_serialization_id
 
 NAMESPACE = "ptsq_island"
@@ -250,19 +252,11 @@ def spec_from_calls(calls: list[tuple[tuple[Any, ...], dict[str, Any], Any]]) ->
 def record_calls(model: nn.Module, names: list[str], args: tuple[Any, ...]) -> dict[str, list[Any]]:
     """Each named submodule's (args, kwargs, output) on one run of ``model`` on ``args``."""
     calls: dict[str, list[Any]] = {n: [] for n in names}
-    handles = []
-    for n in names:
 
-        def hook(_m: nn.Module, a: tuple[Any, ...], kw: dict[str, Any], out: Any, n: str = n) -> None:
-            calls[n].append((a, kw, out))
+    def recorder(n: str) -> Callable[..., None]:
+        return lambda _m, a, kw, out: calls[n].append((a, kw, out))
 
-        handles.append(model.get_submodule(n).register_forward_hook(hook, with_kwargs=True))
-    try:
-        with torch.no_grad():
-            model(*args)
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_hooks(model, args, {model.get_submodule(n): recorder(n) for n in names}, with_kwargs=True)
     return calls
 
 
