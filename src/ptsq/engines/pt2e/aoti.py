@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ptsq.engines.pt2e.runtime import export_static
 from ptsq.models import file_sha256
 
 FORMAT = 1  # bump when what a package or its check file holds changes
@@ -138,8 +139,7 @@ def build(program: torch.nn.Module, args: tuple[Any, ...], key: str, options: di
 
     package, check = _paths(key)
     package.parent.mkdir(parents=True, exist_ok=True)
-    # strict=False: the program is already aten; a fresh export only fixes its shapes to these inputs
-    static = torch.export.export(program, tuple(args), strict=False)
+    static = export_static(program, args)
     with atomic_path(package) as tmp:
         with torch.no_grad():  # freezing applies to inference graphs only
             torch._inductor.aoti_compile_and_package(static, package_path=str(tmp), inductor_configs=options)

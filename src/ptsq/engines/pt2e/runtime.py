@@ -77,6 +77,12 @@ def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
     )
 
 
+def export_static(program: nn.Module, args: tuple[Any, ...]) -> torch.export.ExportedProgram:
+    """``program`` exported again at ``args``' shapes (what inductor's C++ wrapper and AOTInductor need)."""
+    # strict=False: the program is already aten; a fresh export only fixes its shapes to these inputs
+    return torch.export.export(program, tuple(args), strict=False)
+
+
 def _compile_key(args: tuple[Any, ...]) -> tuple[Any, ...]:
     # inductor writes its own loops for the thread count at compile time: a program compiled at 1 thread
     # would run single-threaded at 4, so a new thread count compiles again
@@ -169,8 +175,7 @@ class CompiledProgram(nn.Module):
 
         if _flag(PYTHON_WRAPPER_ENV):
             raise RuntimeError(f"{PYTHON_WRAPPER_ENV} is set")
-        # strict=False: the program is already aten; a fresh export only fixes its shapes to these inputs
-        static = torch.export.export(self.program, tuple(args), strict=False).module()
+        static = export_static(self.program, args).module()
         with torch.no_grad():  # freezing applies to inference graphs only
             fn = inductor_compile(static, list(args), {**INDUCTOR_OPTIONS, "cpp_wrapper": True})
             fn(*args)
